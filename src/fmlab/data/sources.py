@@ -1,0 +1,145 @@
+"""Reading a text source into a :class:`datasets.Dataset` with a ``text`` column.
+
+A source is a string:
+
+- ``embedded:english`` / ``embedded:code`` — the corpora built from the Python installation;
+- a local file or glob (``.txt``, ``.jsonl``, ``.json``, ``.csv``, ``.parquet``), or a directory of
+  such files;
+- a directory written by :meth:`datasets.Dataset.save_to_disk` (or a ``DatasetDict``);
+- otherwise a Hugging Face Hub dataset name (needs network or a local HF cache).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+from pathlib import Path
+
+import datasets
+
+from fmlab.data.embedded import embedded_corpus_path
+
+__all__ = ["DataSourceError", "load_text_source"]
+
+_BUILDERS = {
+    ".txt": "text",
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+
+
+class DataSourceError(ValueError):
+    """A source that cannot be read, with the source named in the message."""
+
+
+def _files_of(source: str) -> list[str]:
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [str(path)]
+    if path.is_dir():
+        return sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in _BUILDERS)
+    if globlib.has_magic(source):
+        return sorted(p for p in globlib.glob(str(path), recursive=True) if Path(p).is_file())
+    return []
+
+
+def _looks_local(source: str) -> bool:
+    return (
+        Path(source).suffix.lower() in _BUILDERS
+        or source.startswith(("/", "./", "../", "~"))
+        or globlib.has_magic(source)
+        or Path(source).expanduser().exists()
+    )
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and any(
+        (path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")
+    )
+
+
+def _load_files(files: list[str], source: str, txt_sample_by: str, cache_dir: str | None):
+    suffixes = {Path(f).suffix.lower() for f in files}
+    unknown = suffixes - set(_BUILDERS)
+    if unknown:
+        raise DataSourceError(
+            f"source '{source}': unsupported file type(s) {sorted(unknown)}; "
+            f"expected one of {sorted(_BUILDERS)}"
+        )
+    builders = {_BUILDERS[s] for s in suffixes}
+    if len(builders) > 1:
+        raise DataSourceError(
+            f"source '{source}' mixes file types {sorted(suffixes)}; give one source per type"
+        )
+    builder = builders.pop()
+    kwargs = {"sample_by": txt_sample_by} if builder == "text" else {}
+    try:
+        return datasets.load_dataset(
+            builder, data_files=files, split="train", cache_dir=cache_dir, **kwargs
+        )
+    except Exception as err:  # the datasets error names neither source nor row clearly
+        raise DataSourceError(f"source '{source}': cannot read {builder} files: {err}") from err
+
+
+def load_text_source(
+    source: str,
+    *,
+    text_field: str = "text",
+    split: str = "train",
+    hf_name: str | None = None,
+    txt_sample_by: str = "paragraph",
+    cache_dir: str | None = None,
+) -> datasets.Dataset:
+    """Load ``source`` as a Dataset whose ``text`` column holds one document per row.
+
+    Args:
+        source: See the module docstring.
+        text_field: Column holding the text (renamed to ``text``).
+        split: Split to take from a ``DatasetDict`` or a Hub dataset.
+        hf_name: Hub dataset configuration name.
+        txt_sample_by: For ``.txt``: ``paragraph`` (blank-line separated), ``line`` or ``document``.
+        cache_dir: fmlab cache directory (embedded corpora, HF datasets cache).
+
+    Raises:
+        DataSourceError: When the source is missing, unreadable, or lacks ``text_field``.
+    """
+    hf_cache = str(Path(cache_dir) / "hf_datasets") if cache_dir else None
+    if source.startswith("embedded:"):
+        path = embedded_corpus_path(source.split(":", 1)[1], cache_dir or ".")
+        ds = datasets.load_dataset(
+            "json", data_files=[str(path)], split="train", cache_dir=hf_cache
+        )
+    elif _is_saved_dataset(Path(source).expanduser()):
+        loaded = datasets.load_from_disk(str(Path(source).expanduser()))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DataSourceError(
+                    f"source '{source}': no split '{split}' (has {sorted(loaded)})"
+                )
+            loaded = loaded[split]
+        ds = loaded
+    elif files := _files_of(source):
+        ds = _load_files(files, source, txt_sample_by, hf_cache)
+    elif _looks_local(source):
+        raise DataSourceError(
+            f"source '{source}': no such file, or no {sorted(_BUILDERS)} files match there"
+        )
+    else:
+        try:
+            ds = datasets.load_dataset(source, hf_name, split=split, cache_dir=hf_cache)
+        except Exception as err:
+            raise DataSourceError(
+                f"source '{source}' is not a local file, glob or directory, and loading it as a "
+                f"Hugging Face dataset failed: {err}"
+            ) from err
+    if text_field not in ds.column_names:
+        raise DataSourceError(
+            f"source '{source}': no column '{text_field}' (columns: {ds.column_names}); "
+            "set text_field"
+        )
+    if text_field != "text":
+        if "text" in ds.column_names:
+            ds = ds.remove_columns("text")
+        ds = ds.rename_column(text_field, "text")
+    return ds

@@ -1,0 +1,97 @@
+"""``fmlab-eval``: validation/test loss and perplexity of a checkpoint or an HF model directory.
+
+- ``ckpt_path=<.ckpt | run dir>``: rebuilds the model from the training run's own config and
+  tokenizer (``<run>/config.yaml``, ``<run>/tokenizer``), and by default its data settings, so the
+  splits are the ones the run held out. ``data_from_run=false`` evaluates on this config's data.
+- ``model_path=<HF dir or hub name>``: any causal LM with its tokenizer (e.g. an fmlab export).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from fmlab.config import CONF_DIR, ConfigError, build, validate_config
+from fmlab.data.tokenizer import pretrained as load_tokenizer
+from fmlab.evaluation.baselines import unigram_perplexity
+from fmlab.models import pretrained as load_model
+from fmlab.modules import CausalLMModule
+from fmlab.utils import print_table, write_json
+from fmlab.workflow import build_data, build_model, parameter_report, resolve_ckpt_path
+
+__all__ = ["evaluate", "main"]
+
+
+def _run_dir_of(ckpt: Path) -> Path:
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    if not (run / "config.yaml").is_file() or not (run / "tokenizer").is_dir():
+        raise ConfigError(
+            f"ckpt_path={ckpt}: expected the training run's config.yaml and tokenizer/ in {run}"
+        )
+    return run
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate the model named by ``cfg.ckpt_path`` or ``cfg.model_path``; write summary.json."""
+    t0 = time.time()
+    validate_config(cfg)
+    if (cfg.ckpt_path is None) == (cfg.model_path is None):
+        raise ConfigError("fmlab-eval: give exactly one of ckpt_path=... or model_path=...")
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, verbose=False)
+    ckpt = None
+    if cfg.ckpt_path is not None:
+        ckpt = resolve_ckpt_path(cfg.ckpt_path, out)
+        run = _run_dir_of(Path(ckpt))
+        train_cfg = OmegaConf.load(run / "config.yaml")
+        tokenizer = load_tokenizer(name_or_path=str(run / "tokenizer"))
+        data_cfg = train_cfg if cfg.data_from_run else cfg
+        datamodule, _ = build_data(data_cfg, tokenizer_factory=lambda **_: tokenizer)
+        model = build_model(train_cfg, tokenizer, datamodule.block_size)
+        source = ckpt
+    else:
+        tokenizer = load_tokenizer(name_or_path=cfg.model_path)
+        datamodule, _ = build_data(cfg, tokenizer_factory=lambda **_: tokenizer)
+        model = load_model(name_or_path=cfg.model_path, vocab_size=len(tokenizer))
+        source = cfg.model_path
+    module = CausalLMModule(model, optimizer=None)
+    trainer = build(cfg.trainer, "trainer", logger=False)
+    results: dict[str, Any] = dict(
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+    )
+    if cfg.run_test:
+        results.update(
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+        )
+        results["test/unigram_ppl"] = unigram_perplexity(
+            datamodule.blocks["train"], datamodule.blocks["test"], len(tokenizer)
+        )
+    summary = {
+        "status": "ok",
+        "evaluated": str(source),
+        **results,
+        **parameter_report(model),
+        "data": datamodule.stats,
+        "wall_s": time.time() - t0,
+        "paths": {"output_dir": str(out)},
+    }
+    if trainer.is_global_zero:
+        write_json(out / "summary.json", summary)
+        print_table("evaluation", {k: v for k, v in summary.items() if not isinstance(v, dict)})
+    return summary
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Console entry point; returns ``val/loss``."""
+    return evaluate(cfg).get("val/loss")
+
+
+if __name__ == "__main__":
+    main()

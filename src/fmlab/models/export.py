@@ -1,0 +1,37 @@
+"""HF-format export: ``save_pretrained`` of model and tokenizer plus a model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["export_hf"]
+
+
+def export_hf(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    card: dict[str, Any] | None = None,
+) -> Path:
+    """Write a directory loadable by ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``.
+
+    Args:
+        model: The (unwrapped) HF model.
+        tokenizer: Its tokenizer.
+        out_dir: Target directory (created).
+        card: Facts for the model card (``fmlab_card.json`` and ``README.md``): data, metrics,
+            parent model.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    if card is not None:
+        (out / "fmlab_card.json").write_text(json.dumps(card, indent=2, default=str))
+        lines = ["# fmlab export", ""] + [f"- **{k}**: {v}" for k, v in card.items()]
+        (out / "README.md").write_text("\n".join(lines) + "\n")
+    return out

@@ -1,0 +1,7 @@
+"""LightningModules (objectives) and their optimisation pieces."""
+
+from fmlab.modules.causal_lm import CausalLMModule
+from fmlab.modules.optim import adamw, param_groups
+from fmlab.modules.schedules import constant, cosine
+
+__all__ = ["CausalLMModule", "adamw", "constant", "cosine", "param_groups"]

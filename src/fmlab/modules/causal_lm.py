@@ -1,0 +1,161 @@
+"""The causal-LM objective as a LightningModule (pre-training and continued pre-training)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import lightning as L
+import torch
+from pydantic import Field
+from torch import nn
+from torchmetrics import MeanMetric
+
+from fmlab.modules.rng import get_rng_state, set_rng_state
+
+__all__ = ["CausalLMModule"]
+
+IGNORE = -100
+
+
+class CausalLMModule(L.LightningModule):
+    """Next-token prediction on ``{"input_ids", optional "labels", "attention_mask"}`` batches.
+
+    Validation/test loss is the token-weighted mean over the whole split (not a mean of batch
+    means), and ``ppl = exp(loss)``; both are synchronised across ranks by torchmetrics.
+
+    Args:
+        model: A HF causal LM (already adapted by the method).
+        optimizer: ``optimizer(model)`` factory from the optim group.
+        scheduler: ``scheduler(optimizer, total_steps=)`` factory, or None for a constant LR.
+        grad_clip: Max global gradient norm; 0 disables. Done here rather than by Lightning so it
+            also works with fused AdamW.
+        compile: Wrap the model's forward in ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        grad_clip: Annotated[float, Field(ge=0)] = 1.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.grad_clip = grad_clip
+        self.compile = compile
+        self.tokens_seen = 0
+        self._pending_rng: dict | None = None
+        self.metrics = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+
+    # ------------------------------------------------------------------ forward / loss
+    def _forward_fn(self) -> Callable[..., Any]:
+        if not self.compile:
+            return self.model
+        if "_compiled" not in self.__dict__:  # kept out of nn.Module registration (state_dict)
+            self.__dict__["_compiled"] = torch.compile(self.model)
+        return self.__dict__["_compiled"]
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean next-token loss and the number of predicted tokens. Shapes: ids (B, T)."""
+        ids = batch["input_ids"]
+        labels = batch.get("labels", ids)
+        out = self._forward_fn()(
+            input_ids=ids, attention_mask=batch.get("attention_mask"), labels=labels
+        )
+        n_targets = (labels[:, 1:] != IGNORE).sum()
+        return out.loss, n_targets
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.loss(batch)
+        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
+        self.log(
+            "train/loss", loss, on_step=True, prog_bar=True, batch_size=len(batch["input_ids"])
+        )
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        loss, n = self.loss(batch)
+        if n > 0:  # an all-masked batch has no targets (its loss is NaN): it carries no weight
+            self.metrics[split].update(loss.detach().float(), weight=n)
+
+    def _eval_epoch_end(self, split: str) -> None:
+        loss = self.metrics[split].compute()
+        self.metrics[split].reset()
+        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=False)
+        self.log(f"{split}/ppl", torch.exp(loss), sync_dist=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.model)
+        precision = str(getattr(self.trainer, "precision", ""))
+        if (
+            self.grad_clip > 0
+            and precision.startswith("16")
+            and any(g.get("fused") for g in optimizer.param_groups)
+        ):
+            raise ValueError(
+                "module.grad_clip with a fused optimizer needs bf16-mixed or 32-true precision: "
+                "with fp16 loss scaling the fused step unscales internally, after clipping"
+            )
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        if not 0 < total < 2**40:
+            raise ValueError("trainer: set max_steps (or max_epochs) so the LR schedule has an end")
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.grad_clip <= 0:
+            return
+        wrapped = self.trainer.strategy.model
+        if hasattr(wrapped, "clip_grad_norm_"):  # FSDP shards: the wrapper computes the global norm
+            norm = wrapped.clip_grad_norm_(self.grad_clip)
+        else:
+            params = [p for p in self.parameters() if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.log("train/grad_norm", norm, on_step=True)
+
+    # ------------------------------------------------------------------ exact resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fmlab"] = {"rng": get_rng_state(), "tokens_seen": int(self.tokens_seen)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("fmlab", {})
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        # Restoring RNG now would be too early: Lightning draws from it while setting up the
+        # loops. Apply it right before the first training batch runs.
+        self._pending_rng = state.get("rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    @staticmethod
+    def perplexity(loss: float) -> float:
+        """``exp(loss)``, or ``inf`` when it overflows."""
+        try:
+            return math.exp(loss)
+        except OverflowError:
+            return math.inf

@@ -1,0 +1,136 @@
+"""``fmlab-train``: compose → validate → build → fit → validate/test best → export → summary."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from fmlab.callbacks.throughput import Throughput
+from fmlab.config import CONF_DIR, validate_config
+from fmlab.evaluation.baselines import unigram_perplexity
+from fmlab.models.export import export_hf
+from fmlab.utils import print_config, print_table, write_json
+from fmlab.workflow import (
+    build_data,
+    build_model,
+    build_module,
+    build_trainer,
+    checkpoint_paths,
+    parameter_report,
+    resolve_ckpt_path,
+    save_resolved_config,
+)
+
+__all__ = ["main", "train"]
+
+log = logging.getLogger(__name__)
+
+
+def _metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job described by ``cfg``; return (and write) its summary.
+
+    Args:
+        cfg: A composed ``train`` config (``paths.output_dir`` must be set).
+
+    Returns:
+        The summary dict also written to ``<output_dir>/summary.json``.
+    """
+    t0 = time.time()
+    validate_config(cfg)  # before anything is read or built
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out)
+    if cfg.print_config:
+        rank_zero_only(print_config)(cfg)
+    rank_zero_only(save_resolved_config)(cfg, out)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule, tokenizer = build_data(cfg)
+    rank_zero_only(tokenizer.save_pretrained)(str(out / "tokenizer"))
+    model = build_model(cfg, tokenizer, datamodule.block_size)
+    params = parameter_report(model)
+    rank_zero_only(print_table)("parameters", params)
+    module = build_module(cfg, model)
+    trainer = build_trainer(cfg)
+
+    t_fit = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_s = time.time() - t_fit
+    ckpts = checkpoint_paths(trainer)
+    chosen = ckpts.get((cfg.export or {}).get("which", "best")) or ckpts["last"]
+
+    # Numbers are reported for one set of weights: the chosen checkpoint, on validation and test.
+    val = _metrics(trainer.validate(module, datamodule=datamodule, ckpt_path=chosen, verbose=False))
+    test = (
+        _metrics(trainer.test(module, datamodule=datamodule, ckpt_path=chosen, verbose=False))
+        if cfg.run_test
+        else {}
+    )
+    throughput = next((cb for cb in trainer.callbacks if isinstance(cb, Throughput)), None)
+    summary: dict[str, Any] = {
+        "status": "ok",
+        **val,
+        **test,
+        "tokens_seen": int(module.tokens_seen),
+        "tokens_per_s": (
+            throughput.tokens_per_s
+            if throughput and throughput.tokens
+            else module.tokens_seen / max(fit_s, 1e-9)
+        ),
+        **params,
+        "global_step": int(trainer.global_step),
+        "fit_s": fit_s,
+        "data": datamodule.stats,
+        "evaluated_checkpoint": chosen,
+    }
+    if cfg.run_test:
+        summary["test/unigram_ppl"] = unigram_perplexity(
+            datamodule.blocks["train"], datamodule.blocks["test"], len(tokenizer)
+        )
+    paths = {
+        "output_dir": str(out),
+        "config": str(out / "config.yaml"),
+        "best_ckpt": ckpts["best"],
+        "last_ckpt": ckpts["last"],
+        "export_dir": None,
+    }
+    if trainer.is_global_zero:
+        if cfg.export and cfg.export.hf:
+            card = {
+                "base": "random init" if "preset" in cfg.model else cfg.model.get("name_or_path"),
+                "data_sources": datamodule.stats.get("sources"),
+                "tokens_seen": module.tokens_seen,
+                "checkpoint": chosen,
+                **{k: v for k, v in summary.items() if "/" in k},
+            }
+            paths["export_dir"] = str(export_hf(module.model, tokenizer, out / "export", card))
+        for logger in trainer.loggers:
+            if getattr(logger, "log_dir", None) and Path(logger.log_dir, "metrics.csv").is_file():
+                paths["metrics_csv"] = str(Path(logger.log_dir, "metrics.csv"))
+        summary["paths"] = paths
+        summary["wall_s"] = time.time() - t0
+        write_json(out / "summary.json", summary)
+        print_table("summary", {k: v for k, v in summary.items() if not isinstance(v, dict)})
+    return summary
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Console entry point; returns ``val/loss`` for Hydra sweepers (never a test metric)."""
+    summary = train(cfg)
+    return summary.get("val/loss")
+
+
+if __name__ == "__main__":
+    main()

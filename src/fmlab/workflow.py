@@ -1,0 +1,135 @@
+"""Steps shared by the entry points, in the order ``train``/``eval`` run them.
+
+validate → data (+ tokenizer) → model → method → module → callbacks/loggers → trainer.
+Every object comes out of :func:`fmlab.config.build`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from fmlab.config import ConfigError, build
+from fmlab.data.datamodule import PretrainDataModule
+from fmlab.models import count_parameters
+
+__all__ = [
+    "build_data",
+    "build_model",
+    "build_module",
+    "build_trainer",
+    "checkpoint_paths",
+    "resolve_ckpt_path",
+]
+
+log = logging.getLogger(__name__)
+
+
+def build_data(cfg: DictConfig, tokenizer_factory: Any = None) -> tuple[PretrainDataModule, Any]:
+    """DataModule with prepared splits, and the tokenizer (from ``cfg.tokenizer`` if no factory)."""
+    datamodule = build(cfg.data, "data")
+    factory = tokenizer_factory or build(cfg.tokenizer, "tokenizer")
+    tokenizer = datamodule.prepare(factory)
+    return datamodule, tokenizer
+
+
+def build_model(cfg: DictConfig, tokenizer: Any, block_size: int) -> Any:
+    """The HF causal LM from ``cfg.model`` with vocabulary and ids from ``tokenizer``, adapted by
+    ``cfg.method``."""
+    factory = build(cfg.model, "model")
+    model = factory(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=block_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return build(cfg.method, "method")(model)
+
+
+def build_module(cfg: DictConfig, model: Any) -> L.LightningModule:
+    """The LightningModule of ``cfg.module`` around ``model`` with optimizer/scheduler factories."""
+    return build(
+        cfg.module,
+        "module",
+        model=model,
+        optimizer=build(cfg.optim, "optim"),
+        scheduler=build(cfg.scheduler, "scheduler"),
+    )
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """Callbacks, loggers and the Trainer."""
+    callbacks = [
+        build(node, f"callbacks.{name}")
+        for name, node in (cfg.get("callbacks") or {}).items()
+        if node is not None
+    ]
+    loggers = [
+        build(node, f"logger.{name}")
+        for name, node in (cfg.get("logger") or {}).items()
+        if node is not None
+    ]
+    return build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+
+
+def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
+    """``best`` (by the monitored metric) and ``last`` checkpoint paths written by this trainer."""
+    best = last = None
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            if cb.monitor and cb.best_model_path:
+                best = cb.best_model_path
+            if cb.last_model_path:
+                last = cb.last_model_path
+    return {"best": best, "last": last}
+
+
+def resolve_ckpt_path(value: str | None, output_dir: Path) -> str | None:
+    """Turn ``ckpt_path`` into a checkpoint file.
+
+    ``last`` is this run directory's ``checkpoints/last.ckpt``; a directory means its
+    ``checkpoints/last.ckpt`` (a run directory) or ``last.ckpt`` (a checkpoint directory).
+    """
+    if value is None:
+        return None
+    if value == "last":
+        path = output_dir / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(value).expanduser()
+        if path.is_dir():
+            path = next(
+                (
+                    p
+                    for p in (path / "checkpoints" / "last.ckpt", path / "last.ckpt")
+                    if p.is_file()
+                ),
+                path / "checkpoints" / "last.ckpt",
+            )
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={value}: no checkpoint file at {path}")
+    return str(path)
+
+
+def parameter_report(model: Any) -> dict[str, Any]:
+    """Total/trainable parameter counts and the trainable share."""
+    total, trainable = count_parameters(model)
+    return {
+        "params_total": total,
+        "params_trainable": trainable,
+        "params_trainable_pct": 100.0 * trainable / max(total, 1),
+    }
+
+
+def save_resolved_config(cfg: DictConfig, output_dir: Path) -> None:
+    """Write ``config.yaml`` (resolved, without the hydra node) into the run directory."""
+    from fmlab.utils import atomic_write_text
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(plain))

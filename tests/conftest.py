@@ -1,0 +1,100 @@
+"""Shared fixtures: an isolated fmlab cache/log dir per session, tiny corpora, composed configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory):
+    """Keep caches, logs and wandb files out of $HOME and the checkout."""
+    base = tmp_path_factory.getbasetemp()
+    env = {
+        "FMLAB_CACHE_DIR": str(base / "cache"),
+        "FMLAB_LOG_DIR": str(base / "logs"),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONHASHSEED": "0",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.environ.pop("WANDB_API_KEY", None)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return Path(os.environ["FMLAB_CACHE_DIR"])
+
+
+def _sentences(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    subjects = ["the model", "a researcher", "the optimizer", "our dataset", "the tokenizer"]
+    verbs = ["reads", "writes", "trains", "checks", "packs", "splits", "counts"]
+    objects = ["tokens", "blocks", "gradients", "documents", "checkpoints", "metrics"]
+    return [
+        " ".join(
+            f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."
+            for _ in range(rng.randint(8, 30))
+        )
+        for _ in range(n)
+    ]
+
+
+@pytest.fixture(scope="session")
+def corpus_docs() -> list[str]:
+    """400 synthetic documents (a tiny, learnable language)."""
+    return _sentences(400, seed=0)
+
+
+@pytest.fixture(scope="session")
+def jsonl_corpus(tmp_path_factory: pytest.TempPathFactory, corpus_docs: list[str]) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text(
+        "".join(json.dumps({"body": d, "id": i}) + "\n" for i, d in enumerate(corpus_docs))
+    )
+    return path
+
+
+def python_cmd(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+FAST = ["debug=fast", "print_config=false", "callbacks.progress_bar=null"]
+
+
+def run_train(output_dir: Path, *overrides: str) -> dict:
+    """Run ``fmlab.train.train`` in-process on a composed config (what a notebook does)."""
+    from fmlab.config import compose_config
+    from fmlab.train import train
+
+    cfg = compose_config("train", [*FAST, *overrides], output_dir=output_dir)
+    return train(cfg)
+
+
+def synthetic_overrides(jsonl: Path) -> list[str]:
+    """Train on the synthetic corpus (small vocabulary and blocks: fast and learnable)."""
+    return [
+        "data=files",
+        f"data.sources=[{{path: '{jsonl}', text_field: body}}]",
+        "data.block_size=64",
+        "data.val_fraction=0.1",
+        "data.test_fraction=0.1",
+        "tokenizer.vocab_size=300",
+    ]
