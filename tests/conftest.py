@@ -72,6 +72,14 @@ def jsonl_corpus(tmp_path_factory: pytest.TempPathFactory, corpus_docs: list[str
     return path
 
 
+@pytest.fixture(scope="session")
+def small_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 documents: about 10 training steps per epoch at batch 8 x 64 tokens."""
+    path = tmp_path_factory.mktemp("small") / "small.jsonl"
+    path.write_text("".join(json.dumps({"body": d}) + "\n" for d in _sentences(40, seed=1)))
+    return path
+
+
 def python_cmd(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from fmlab.callbacks.checkpoint_io import AtomicCheckpointIO
 from fmlab.config import ConfigError, build
 from fmlab.data.datamodule import PretrainDataModule
 from fmlab.models import count_parameters
@@ -75,7 +77,15 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         for name, node in (cfg.get("logger") or {}).items()
         if node is not None
     ]
-    return build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    plugins = [
+        build(node, f"trainer.plugins[{i}]")
+        for i, node in enumerate(cfg.trainer.get("plugins") or [])
+    ]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())  # a kill mid-write keeps the previous checkpoint
+    return build(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins
+    )
 
 
 def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:

@@ -11,14 +11,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import FAST, run_train, synthetic_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fmlab.config import compose_config
 from fmlab.eval import evaluate
-from tests.conftest import FAST, run_train, synthetic_overrides
 
-SUMMARY_KEYS = {"val/loss", "val/ppl", "test/loss", "test/ppl", "test/unigram_ppl", "tokens_seen",
-                "tokens_per_s", "params_total", "params_trainable", "wall_s", "paths"}
+SUMMARY_KEYS = {
+    "val/loss",
+    "val/ppl",
+    "test/loss",
+    "test/ppl",
+    "test/unigram_ppl",
+    "tokens_seen",
+    "tokens_per_s",
+    "params_total",
+    "params_trainable",
+    "wall_s",
+    "paths",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +40,22 @@ def default_run(tmp_path_factory) -> dict:
 
 def test_default_run_writes_every_artifact(default_run):
     s = default_run
-    assert SUMMARY_KEYS <= set(s)
+    assert set(s) >= SUMMARY_KEYS
     out = Path(s["paths"]["output_dir"])
-    for rel in ("config.yaml", "summary.json", "checkpoints/last.ckpt", "csv/metrics.csv",
-                "export/config.json", "export/model.safetensors", "export/tokenizer.json"):
+    for rel in (
+        "config.yaml",
+        "summary.json",
+        "checkpoints/last.ckpt",
+        "csv/metrics.csv",
+        "export/config.json",
+        "export/model.safetensors",
+        "export/tokenizer.json",
+    ):
         assert (out / rel).is_file(), rel
     assert Path(s["paths"]["best_ckpt"]).name.startswith("best-step")
-    assert json.loads((out / "summary.json").read_text())["test/loss"] == pytest.approx(s["test/loss"])
+    assert json.loads((out / "summary.json").read_text())["test/loss"] == pytest.approx(
+        s["test/loss"]
+    )
     assert s["val/ppl"] == pytest.approx(math.exp(s["val/loss"]), rel=1e-5)
     assert s["tokens_seen"] == 20 * 16 * 128  # steps x batch x block
     assert s["params_trainable"] == s["params_total"] > 1_000_000
@@ -53,8 +73,9 @@ def test_export_loads_with_auto_classes_and_matches_checkpoint(default_run):
     assert type(model).__name__ == "LlamaForCausalLM"
     ids = tok("The import statement finds a module.", return_tensors="pt")["input_ids"]
     ckpt = torch.load(default_run["evaluated_checkpoint"], weights_only=True, map_location="cpu")
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
-             if k.startswith("model.")}
+    state = {
+        k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
+    }
     reference = AutoModelForCausalLM.from_pretrained(export).eval()
     reference.load_state_dict(state)
     with torch.no_grad():
@@ -64,20 +85,31 @@ def test_export_loads_with_auto_classes_and_matches_checkpoint(default_run):
 def test_eval_recomputes_the_same_numbers(default_run, tmp_path):
     s = default_run
     limits = ["+trainer.limit_val_batches=4", "+trainer.limit_test_batches=4"]  # as debug=fast
-    from_ckpt = evaluate(compose_config(
-        "eval", [f"ckpt_path={s['evaluated_checkpoint']}", *limits], output_dir=tmp_path / "a"))
+    from_ckpt = evaluate(
+        compose_config(
+            "eval", [f"ckpt_path={s['evaluated_checkpoint']}", *limits], output_dir=tmp_path / "a"
+        )
+    )
     assert from_ckpt["test/loss"] == pytest.approx(s["test/loss"], rel=1e-5)
     assert from_ckpt["val/loss"] == pytest.approx(s["val/loss"], rel=1e-5)
-    from_export = evaluate(compose_config(
-        "eval", [f"model_path={s['paths']['export_dir']}", *limits], output_dir=tmp_path / "b"))
+    from_export = evaluate(
+        compose_config(
+            "eval", [f"model_path={s['paths']['export_dir']}", *limits], output_dir=tmp_path / "b"
+        )
+    )
     assert from_export["test/loss"] == pytest.approx(s["test/loss"], rel=1e-5)
     assert (tmp_path / "b" / "summary.json").is_file()
 
 
 def test_learns_far_below_unigram_on_a_user_corpus(jsonl_corpus, tmp_path):
-    s = run_train(tmp_path, *synthetic_overrides(jsonl_corpus), "trainer.max_steps=150",
-                  "trainer.val_check_interval=50", "trainer.limit_val_batches=null",
-                  "trainer.limit_test_batches=null")
+    s = run_train(
+        tmp_path,
+        *synthetic_overrides(jsonl_corpus),
+        "trainer.max_steps=150",
+        "trainer.val_check_interval=50",
+        "trainer.limit_val_batches=null",
+        "trainer.limit_test_batches=null",
+    )
     assert s["data"]["sources"] == [str(jsonl_corpus)]
     assert s["test/ppl"] < 0.25 * s["test/unigram_ppl"], (s["test/ppl"], s["test/unigram_ppl"])
 
@@ -85,21 +117,36 @@ def test_learns_far_below_unigram_on_a_user_corpus(jsonl_corpus, tmp_path):
 def test_continue_from_a_pretrained_directory(default_run, tmp_path):
     """model=pretrained takes any local HF directory (here an fmlab export) and its tokenizer."""
     export = default_run["paths"]["export_dir"]
-    s = run_train(tmp_path, "model=pretrained", f"model.name_or_path={export}",
-                  "trainer.max_steps=10", "optim.lr=1e-3")
+    s = run_train(
+        tmp_path,
+        "model=pretrained",
+        f"model.name_or_path={export}",
+        "trainer.max_steps=10",
+        "optim.lr=1e-3",
+    )
     assert s["params_total"] == default_run["params_total"]
     # starts from trained weights: already at the parent's level, not at a random init
     assert s["val/loss"] < default_run["val/loss"] + 0.1
 
 
 def test_tensorboard_and_wandb_offline_stay_in_the_run_dir(tmp_path, jsonl_corpus):
-    s = run_train(tmp_path / "wb", *synthetic_overrides(jsonl_corpus), "logger=wandb",
-                  "trainer.max_steps=4", "export.hf=false")
+    s = run_train(
+        tmp_path / "wb",
+        *synthetic_overrides(jsonl_corpus),
+        "logger=wandb",
+        "trainer.max_steps=4",
+        "export.hf=false",
+    )
     run = Path(s["paths"]["output_dir"])
     assert list((run / "wandb").glob("offline-run-*")), list(run.rglob("*"))[:20]
     assert os.environ["WANDB_CACHE_DIR"].startswith(str(run))
-    s = run_train(tmp_path / "tb", *synthetic_overrides(jsonl_corpus), "logger=tensorboard",
-                  "trainer.max_steps=4", "export.hf=false")
+    s = run_train(
+        tmp_path / "tb",
+        *synthetic_overrides(jsonl_corpus),
+        "logger=tensorboard",
+        "trainer.max_steps=4",
+        "export.hf=false",
+    )
     assert list((Path(s["paths"]["output_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -110,8 +157,12 @@ def _cli(args: list[str], env_extra: dict | None = None, **kw) -> subprocess.Com
 
 def test_console_script_runs_and_writes_into_the_hydra_run_dir(tmp_path, jsonl_corpus):
     exe = Path(sys.executable).with_name("fmlab-train")
-    overrides = [*FAST, *synthetic_overrides(jsonl_corpus), "trainer.max_steps=6",
-                 f"hydra.run.dir={tmp_path / 'run'}"]
+    overrides = [
+        *FAST,
+        *synthetic_overrides(jsonl_corpus),
+        "trainer.max_steps=6",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     proc = _cli([str(exe), *overrides])
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
@@ -121,8 +172,17 @@ def test_console_script_runs_and_writes_into_the_hydra_run_dir(tmp_path, jsonl_c
 
 def test_bad_config_fails_before_reading_any_data(tmp_path):
     cache = tmp_path / "fresh_cache"
-    proc = _cli([sys.executable, "-m", "fmlab.train", "+optim.lrr=1", "data.block_size=0",
-                 f"hydra.run.dir={tmp_path / 'run'}"], {"FMLAB_CACHE_DIR": str(cache)})
+    proc = _cli(
+        [
+            sys.executable,
+            "-m",
+            "fmlab.train",
+            "+optim.lrr=1",
+            "data.block_size=0",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        {"FMLAB_CACHE_DIR": str(cache)},
+    )
     assert proc.returncode != 0
     assert "optim.lrr: unknown key" in proc.stderr and "did you mean 'lr'" in proc.stderr
     assert "data.block_size: Input should be greater than 0" in proc.stderr

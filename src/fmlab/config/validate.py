@@ -190,6 +190,12 @@ def _check_target(node: DictConfig, path: str, errors: list[str]) -> None:
         if isinstance(child, DictConfig) and "_target_" in child:
             _check_target(child, where, errors)
             continue
+        if isinstance(child, ListConfig) and any(
+            isinstance(item, DictConfig) and "_target_" in item for item in child
+        ):
+            for i, item in enumerate(child):
+                _walk(item, f"{where}[{i}]", errors)
+            continue
         annotation = extra.get(key, hints.get(key))
         value = _value(node, key)
         if annotation is None or value is _UNRESOLVED:

@@ -23,6 +23,7 @@ from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
 from transformers import PreTrainedTokenizerBase
 
 from fmlab.data.packing import pack_documents, token_dtype
@@ -237,14 +238,19 @@ class PretrainDataModule(L.LightningDataModule):
             raise RuntimeError("PretrainDataModule.prepare(tokenizer_factory) must run before fit")
 
     def train_dataloader(self) -> StatefulDataLoader:
-        # A stateful loader (and a private generator) makes the data position part of the
-        # checkpoint: resume continues mid-epoch with the exact next batch.
+        # A stateful loader and sampler make the data position part of the checkpoint: resume
+        # continues mid-epoch with the exact next batch. The sampler gets a generator of its
+        # own: if it shared the loader's, the loader's per-epoch seed draw would sit between the
+        # sampler's saved state and the next epoch's permutation, and resume would reshuffle
+        # differently from the next epoch on.
+        dataset = BlockDataset(self.blocks["train"])
+        sampler = StatefulRandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed))
         return StatefulDataLoader(
-            BlockDataset(self.blocks["train"]),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=sampler,
             drop_last=True,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(self.seed + 1),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
