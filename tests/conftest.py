@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,29 +15,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_env(tmp_path_factory: pytest.TempPathFactory):
-    """Keep caches, logs and wandb files out of $HOME and the checkout."""
-    base = tmp_path_factory.getbasetemp()
-    env = {
-        "FMLAB_CACHE_DIR": str(base / "cache"),
-        "FMLAB_LOG_DIR": str(base / "logs"),
+# Set before any test module imports datasets/transformers/wandb: they read these at import.
+_BASE = Path(tempfile.mkdtemp(prefix="fmlab-tests-"))
+os.environ.update(
+    {
+        "FMLAB_CACHE_DIR": str(_BASE / "cache"),
+        "FMLAB_LOG_DIR": str(_BASE / "logs"),
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONHASHSEED": "0",
     }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    os.environ.pop("WANDB_API_KEY", None)
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+)
+os.environ.pop("WANDB_API_KEY", None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_BASE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

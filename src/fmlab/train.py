@@ -67,6 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t_fit = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_s = time.time() - t_fit
+    tokens_seen = int(module.tokens_seen)  # before validate/test load another checkpoint
     ckpts = checkpoint_paths(trainer)
     chosen = ckpts.get((cfg.export or {}).get("which", "best")) or ckpts["last"]
 
@@ -82,11 +83,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "status": "ok",
         **val,
         **test,
-        "tokens_seen": int(module.tokens_seen),
+        "tokens_seen": tokens_seen,
         "tokens_per_s": (
-            throughput.tokens_per_s
-            if throughput and throughput.tokens
-            else module.tokens_seen / max(fit_s, 1e-9)
+            throughput.tokens_per_s if throughput and throughput.tokens else tokens_seen / fit_s
         ),
         **params,
         "global_step": int(trainer.global_step),
@@ -110,7 +109,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             card = {
                 "base": "random init" if "preset" in cfg.model else cfg.model.get("name_or_path"),
                 "data_sources": datamodule.stats.get("sources"),
-                "tokens_seen": module.tokens_seen,
+                "tokens_seen": tokens_seen,
                 "checkpoint": chosen,
                 **{k: v for k, v in summary.items() if "/" in k},
             }

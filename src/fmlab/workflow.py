@@ -51,7 +51,9 @@ def build_model(cfg: DictConfig, tokenizer: Any, block_size: int) -> Any:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return build(cfg.method, "method")(model)
+    # from_pretrained returns eval mode, and Lightning keeps submodule modes: train mode here,
+    # or dropout would silently stay off during training
+    return build(cfg.method, "method")(model.train())
 
 
 def build_module(cfg: DictConfig, model: Any) -> L.LightningModule:

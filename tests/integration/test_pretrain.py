@@ -187,3 +187,42 @@ def test_bad_config_fails_before_reading_any_data(tmp_path):
     assert "optim.lrr: unknown key" in proc.stderr and "did you mean 'lr'" in proc.stderr
     assert "data.block_size: Input should be greater than 0" in proc.stderr
     assert not cache.exists()  # nothing was read, tokenized or cached
+
+
+def test_gradient_clipping_works_with_fused_adamw(jsonl_corpus, tmp_path):
+    """Lightning's own clipping raises with fused AdamW; fmlab clips in the module instead."""
+    record = tmp_path / "norms.json"
+    s = run_train(
+        tmp_path / "run",
+        *synthetic_overrides(jsonl_corpus),
+        "optim.fused=true",
+        "module.grad_clip=0.05",
+        "trainer.max_steps=6",
+        "export.hf=false",
+        "+callbacks.grad_norms._target_=tests.helpers.GradNormRecorder",
+        f"+callbacks.grad_norms.path={record}",
+    )
+    norms = json.loads(record.read_text())
+    assert len(norms) == 6
+    assert max(norms) <= 0.05 * (1 + 1e-4)  # clipped before the fused step
+    logged = [float(v) for v in _column(s, "train/grad_norm")]
+    assert min(logged) > 0.05  # the pre-clip norm was larger: clipping really happened
+
+
+def _column(summary: dict, name: str) -> list[str]:
+    import csv
+
+    with open(summary["paths"]["metrics_csv"]) as fh:
+        return [r[name] for r in csv.DictReader(fh) if r[name]]
+
+
+def test_torch_compile_option_trains(jsonl_corpus, tmp_path):
+    s = run_train(
+        tmp_path,
+        *synthetic_overrides(jsonl_corpus),
+        "module.compile=true",
+        "trainer.max_steps=3",
+        "run_test=false",
+        "export.hf=false",
+    )
+    assert s["global_step"] == 3 and math.isfinite(s["val/loss"])

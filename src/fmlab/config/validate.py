@@ -17,7 +17,7 @@ import difflib
 import functools
 import inspect
 import typing
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -84,6 +84,8 @@ _EXTRA_RULES: dict[str, dict[str, Any]] = {
         "limit_val_batches": Annotated[float, Field(ge=0)] | None,
         "limit_test_batches": Annotated[float, Field(ge=0)] | None,
         "num_sanity_val_steps": Annotated[int, Field(ge=-1)] | None,
+        # fmlab's DataModules shard across ranks themselves (stateful samplers)
+        "use_distributed_sampler": Literal[False],
     },
 }
 # Keys fmlab handles itself, with the reason shown to the user.

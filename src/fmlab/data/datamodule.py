@@ -23,7 +23,7 @@ from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
-from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from transformers import PreTrainedTokenizerBase
 
 from fmlab.data.packing import pack_documents, token_dtype
@@ -237,30 +237,39 @@ class PretrainDataModule(L.LightningDataModule):
         if not self.blocks:
             raise RuntimeError("PretrainDataModule.prepare(tokenizer_factory) must run before fit")
 
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> StatefulDataLoader:
-        # A stateful loader and sampler make the data position part of the checkpoint: resume
-        # continues mid-epoch with the exact next batch. The sampler gets a generator of its
-        # own: if it shared the loader's, the loader's per-epoch seed draw would sit between the
-        # sampler's saved state and the next epoch's permutation, and resume would reshuffle
-        # differently from the next epoch on.
+        # The data position is part of the checkpoint: the loader and sampler are stateful, and
+        # each epoch's order is a pure function of (seed, epoch) (Lightning calls set_epoch), so
+        # resume continues mid-epoch with the exact next batch. The sampler also shards across
+        # ranks (trainer presets set use_distributed_sampler=false so Lightning keeps it).
+        rank, world = self._rank_world()
         dataset = BlockDataset(self.blocks["train"])
-        sampler = StatefulRandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed))
+        sampler = StatefulDistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+        )
         return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             drop_last=True,
-            generator=torch.Generator().manual_seed(self.seed + 1),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
+        # Each rank takes every world-th block, without the padding DistributedSampler adds:
+        # token-weighted metrics then count every block exactly once.
+        rank, world = self._rank_world()
+        dataset = BlockDataset(self.blocks[split])
         return DataLoader(
-            BlockDataset(self.blocks[split]),
+            dataset,
             batch_size=self.eval_batch_size,
-            shuffle=False,
+            sampler=list(range(rank, len(dataset), world)),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
         )

@@ -86,8 +86,8 @@ class CausalLMModule(L.LightningModule):
     def _eval_epoch_end(self, split: str) -> None:
         loss = self.metrics[split].compute()
         self.metrics[split].reset()
-        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=False)
-        self.log(f"{split}/ppl", torch.exp(loss), sync_dist=False)
+        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=True)
+        self.log(f"{split}/ppl", torch.exp(loss), sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
