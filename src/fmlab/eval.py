@@ -3,7 +3,8 @@
 - ``ckpt_path=<.ckpt | run dir>``: rebuilds the model from the training run's own config and
   tokenizer (``<run>/config.yaml``, ``<run>/tokenizer``), and by default its data settings, so the
   splits are the ones the run held out. ``data_from_run=false`` evaluates on this config's data.
-- ``model_path=<HF dir or hub name>``: any causal LM with its tokenizer (e.g. an fmlab export).
+- ``model_path=<dir>``: an fmlab export (full model, LoRA adapter, ReFT interventions), a run
+  directory, or any HF causal LM directory / hub name, with its tokenizer.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from fmlab.config import CONF_DIR, ConfigError, build, validate_config
 from fmlab.data.tokenizer import pretrained as load_tokenizer
 from fmlab.evaluation.baselines import unigram_perplexity
-from fmlab.models import pretrained as load_model
-from fmlab.modules import CausalLMModule
+from fmlab.methods.adapters import load_trained
+from fmlab.modules import CausalLMModule, SFTModule
 from fmlab.utils import print_table, write_json
 from fmlab.workflow import build_data, build_model, parameter_report, resolve_ckpt_path
 
@@ -51,16 +52,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         run = _run_dir_of(Path(ckpt))
         train_cfg = OmegaConf.load(run / "config.yaml")
         tokenizer = load_tokenizer(name_or_path=str(run / "tokenizer"))
-        data_cfg = train_cfg if cfg.data_from_run else cfg
-        datamodule, _ = build_data(data_cfg, tokenizer_factory=lambda **_: tokenizer)
+        datamodule, _ = build_data(
+            train_cfg if cfg.data_from_run else cfg, tokenizer_factory=lambda **_: tokenizer
+        )
         model = build_model(train_cfg, tokenizer, datamodule.block_size)
+        module = build(train_cfg.module, "module", model=model, optimizer=None)
         source = ckpt
     else:
-        tokenizer = load_tokenizer(name_or_path=cfg.model_path)
+        model, tokenizer = load_trained(cfg.model_path)
         datamodule, _ = build_data(cfg, tokenizer_factory=lambda **_: tokenizer)
-        model = load_model(name_or_path=cfg.model_path, vocab_size=len(tokenizer))
+        module_cls = SFTModule if hasattr(datamodule, "exact_match_set") else CausalLMModule
+        module = module_cls(model, optimizer=None)
         source = cfg.model_path
-    module = CausalLMModule(model, optimizer=None)
     trainer = build(cfg.trainer, "trainer", logger=False)
     results: dict[str, Any] = dict(
         trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
@@ -69,9 +72,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results.update(
             trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
         )
-        results["test/unigram_ppl"] = unigram_perplexity(
-            datamodule.blocks["train"], datamodule.blocks["test"], len(tokenizer)
-        )
+        if hasattr(datamodule, "blocks"):
+            results["test/unigram_ppl"] = unigram_perplexity(
+                datamodule.blocks["train"], datamodule.blocks["test"], len(tokenizer)
+            )
     summary = {
         "status": "ok",
         "evaluated": str(source),

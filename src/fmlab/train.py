@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from fmlab.callbacks.throughput import Throughput
 from fmlab.config import CONF_DIR, validate_config
 from fmlab.evaluation.baselines import unigram_perplexity
-from fmlab.models.export import export_hf
+from fmlab.methods.adapters import save_trained
 from fmlab.utils import print_config, print_table, write_json
 from fmlab.workflow import (
     build_data,
@@ -23,7 +23,11 @@ from fmlab.workflow import (
     build_module,
     build_trainer,
     checkpoint_paths,
+    link_latest,
+    metric_files,
     parameter_report,
+    peak_memory,
+    preflight,
     resolve_ckpt_path,
     save_resolved_config,
 )
@@ -48,6 +52,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     t0 = time.time()
     validate_config(cfg)  # before anything is read or built
+    preflight(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out)
@@ -58,6 +63,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule, tokenizer = build_data(cfg)
     rank_zero_only(tokenizer.save_pretrained)(str(out / "tokenizer"))
+    # Re-seed: model and adapter initialisation then depend on the seed only, not on how much
+    # randomness data preparation happened to draw.
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg, tokenizer, datamodule.block_size)
     params = parameter_report(model)
     rank_zero_only(print_table)("parameters", params)
@@ -73,14 +81,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # Numbers are reported for one set of weights: the chosen checkpoint, on validation and test.
     val = _metrics(trainer.validate(module, datamodule=datamodule, ckpt_path=chosen, verbose=False))
-    test = (
-        _metrics(trainer.test(module, datamodule=datamodule, ckpt_path=chosen, verbose=False))
-        if cfg.run_test
-        else {}
-    )
+    test = {}
+    if cfg.run_test:
+        test = _metrics(
+            trainer.test(module, datamodule=datamodule, ckpt_path=chosen, verbose=False)
+        )
+        if hasattr(datamodule, "blocks"):  # pre-training data: the baseline the LM must beat
+            test["test/unigram_ppl"] = unigram_perplexity(
+                datamodule.blocks["train"], datamodule.blocks["test"], len(tokenizer)
+            )
     throughput = next((cb for cb in trainer.callbacks if isinstance(cb, Throughput)), None)
     summary: dict[str, Any] = {
         "status": "ok",
+        "method": str(cfg.method._target_).rsplit(".", 1)[-1],
         **val,
         **test,
         "tokens_seen": tokens_seen,
@@ -88,38 +101,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             throughput.tokens_per_s if throughput and throughput.tokens else tokens_seen / fit_s
         ),
         **params,
+        **peak_memory(),
         "global_step": int(trainer.global_step),
         "fit_s": fit_s,
         "data": datamodule.stats,
         "evaluated_checkpoint": chosen,
     }
-    if cfg.run_test:
-        summary["test/unigram_ppl"] = unigram_perplexity(
-            datamodule.blocks["train"], datamodule.blocks["test"], len(tokenizer)
-        )
-    paths = {
-        "output_dir": str(out),
-        "config": str(out / "config.yaml"),
-        "best_ckpt": ckpts["best"],
-        "last_ckpt": ckpts["last"],
-        "export_dir": None,
-    }
     if trainer.is_global_zero:
+        paths = {
+            "output_dir": str(out),
+            "config": str(out / "config.yaml"),
+            "best_ckpt": ckpts["best"],
+            "last_ckpt": ckpts["last"],
+        }
         if cfg.export and cfg.export.hf:
             card = {
-                "base": "random init" if "preset" in cfg.model else cfg.model.get("name_or_path"),
+                "base": cfg.model.get("name_or_path") or f"random init ({cfg.model.get('preset')})",
+                "method": summary["method"],
                 "data_sources": datamodule.stats.get("sources"),
                 "tokens_seen": tokens_seen,
                 "checkpoint": chosen,
                 **{k: v for k, v in summary.items() if "/" in k},
             }
-            paths["export_dir"] = str(export_hf(module.model, tokenizer, out / "export", card))
-        for logger in trainer.loggers:
-            if getattr(logger, "log_dir", None) and Path(logger.log_dir, "metrics.csv").is_file():
-                paths["metrics_csv"] = str(Path(logger.log_dir, "metrics.csv"))
+            sample = next(iter(datamodule.val_dataloader()))["input_ids"][:4]
+            exported = save_trained(module.model, tokenizer, out / "export", card, sample)
+            paths.update({f"export_{k}": v for k, v in exported.items()})
+            paths["export_dir"] = str(out / "export")
+        paths.update(metric_files(trainer))
         summary["paths"] = paths
         summary["wall_s"] = time.time() - t0
         write_json(out / "summary.json", summary)
+        link_latest(out, Path(cfg.paths.log_dir) / cfg.task_name)
         print_table("summary", {k: v for k, v in summary.items() if not isinstance(v, dict)})
     return summary
 

@@ -26,6 +26,10 @@ __all__ = [
     "build_module",
     "build_trainer",
     "checkpoint_paths",
+    "link_latest",
+    "metric_files",
+    "peak_memory",
+    "preflight",
     "resolve_ckpt_path",
 ]
 
@@ -145,3 +149,56 @@ def save_resolved_config(cfg: DictConfig, output_dir: Path) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(plain))
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Checks a method can run here (e.g. QLoRA's GPU backend), before any data is read."""
+    from hydra.utils import get_object
+
+    method = cfg.get("method")
+    check = getattr(get_object(method._target_), "preflight", None) if method else None
+    if check is not None and (problem := check()):
+        raise ConfigError(f"method: {problem}")
+
+
+def peak_memory() -> dict[str, Any]:
+    """Peak memory of this process: CUDA allocations on a GPU, else the resident set size."""
+    import resource
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {
+            "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "peak_mem_kind": "cuda_allocated",
+        }
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {
+        "peak_mem_mb": rss / (2**20 if sys.platform == "darwin" else 2**10),
+        "peak_mem_kind": "cpu_rss",
+    }
+
+
+def metric_files(trainer: L.Trainer) -> dict[str, str]:
+    """Paths of the metric logs written by the trainer's loggers."""
+    found = {}
+    for logger in trainer.loggers:
+        log_dir = getattr(logger, "log_dir", None)
+        if log_dir and Path(log_dir, "metrics.csv").is_file():
+            found["metrics_csv"] = str(Path(log_dir, "metrics.csv"))
+    return found
+
+
+def link_latest(run_dir: Path, task_dir: Path) -> None:
+    """Point ``<log_dir>/<task_name>/latest`` at ``run_dir`` (best effort, atomic replace)."""
+    import os
+
+    try:
+        task_dir.mkdir(parents=True, exist_ok=True)
+        tmp = task_dir / f".latest.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.resolve(), target_is_directory=True)
+        os.replace(tmp, task_dir / "latest")
+    except OSError as err:  # e.g. a filesystem without symlinks: nothing depends on it
+        log.warning("could not update %s/latest: %s", task_dir, err)

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import lightning as L
 from pydantic import Field
 
+from fmlab.modules.causal_lm import batch_tokens
+
 __all__ = ["Throughput"]
 
 
@@ -53,7 +55,7 @@ class Throughput(L.Callback):
             self._mark = now
             return
         dt, self._mark = now - self._mark, now
-        n = int(batch["input_ids"].numel()) * trainer.world_size
+        n = batch_tokens(batch) * trainer.world_size
         self.train_time += dt
         self.tokens += n
         self._recent.append((dt, n))

@@ -2,6 +2,7 @@
 
 from fmlab.data.datamodule import BlockDataset, PretrainDataModule, SourceSpec
 from fmlab.data.packing import pack_documents
+from fmlab.data.sft_module import SFTDataModule
 from fmlab.data.sources import DataSourceError, load_text_source
 from fmlab.data.splits import split_of
 
@@ -9,6 +10,7 @@ __all__ = [
     "BlockDataset",
     "DataSourceError",
     "PretrainDataModule",
+    "SFTDataModule",
     "SourceSpec",
     "load_text_source",
     "pack_documents",

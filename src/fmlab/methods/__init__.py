@@ -1,5 +1,10 @@
-"""How a model is adapted: ``full`` (pre-training / full fine-tuning) so far."""
+"""How a model is adapted: full training, the LoRA family (PEFT) and ReFT interventions.
+
+Every method is a factory ``method(model, **options) -> model`` used as a ``_partial_`` config.
+"""
 
 from fmlab.methods.full import full
+from fmlab.methods.lora import dora, lora, qlora
+from fmlab.methods.reft import direft, loreft
 
-__all__ = ["full"]
+__all__ = ["direft", "dora", "full", "lora", "loreft", "qlora"]

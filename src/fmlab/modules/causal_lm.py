@@ -14,9 +14,17 @@ from torchmetrics import MeanMetric
 
 from fmlab.modules.rng import get_rng_state, set_rng_state
 
-__all__ = ["CausalLMModule"]
+__all__ = ["CausalLMModule", "batch_tokens"]
 
 IGNORE = -100
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Real (non-padding) tokens in a batch: the 2-D attention mask's sum when there is one."""
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        return int(mask.sum())
+    return int(batch["input_ids"].numel())  # packed rows: padding only in the last few slots
 
 
 class CausalLMModule(L.LightningModule):
@@ -27,7 +35,7 @@ class CausalLMModule(L.LightningModule):
 
     Args:
         model: A HF causal LM (already adapted by the method).
-        optimizer: ``optimizer(model)`` factory from the optim group.
+        optimizer: ``optimizer(model)`` factory from the optim group (None: evaluation only).
         scheduler: ``scheduler(optimizer, total_steps=)`` factory, or None for a constant LR.
         grad_clip: Max global gradient norm; 0 disables. Done here rather than by Lightning so it
             also works with fused AdamW.
@@ -37,7 +45,7 @@ class CausalLMModule(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+        optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None,
         scheduler: Callable[..., Any] | None = None,
         grad_clip: Annotated[float, Field(ge=0)] = 1.0,
         compile: bool = False,
@@ -61,18 +69,24 @@ class CausalLMModule(L.LightningModule):
         return self.__dict__["_compiled"]
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean next-token loss and the number of predicted tokens. Shapes: ids (B, T)."""
+        """Mean next-token loss and the number of predicted tokens. Shapes: ids (B, T).
+
+        Optional batch keys: ``labels`` (-100 = ignored; default: the ids), ``attention_mask``
+        (2-D padding mask or 4-D packed mask), ``position_ids`` (packed rows), ``prompt_mask``
+        (passed to models that intervene on prompt tokens, e.g. ReFT).
+        """
         ids = batch["input_ids"]
         labels = batch.get("labels", ids)
-        out = self._forward_fn()(
-            input_ids=ids, attention_mask=batch.get("attention_mask"), labels=labels
-        )
+        kwargs = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+        if "prompt_mask" in batch and getattr(self.model, "accepts_prompt_mask", False):
+            kwargs["prompt_mask"] = batch["prompt_mask"]
+        out = self._forward_fn()(input_ids=ids, labels=labels, **kwargs)
         n_targets = (labels[:, 1:] != IGNORE).sum()
         return out.loss, n_targets
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self.loss(batch)
-        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
+        self.tokens_seen += batch_tokens(batch) * self.trainer.world_size
         self.log(
             "train/loss", loss, on_step=True, prog_bar=True, batch_size=len(batch["input_ids"])
         )

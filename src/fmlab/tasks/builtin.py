@@ -1,0 +1,162 @@
+"""Deterministic generators of SFT tasks with exact answers and disjoint splits.
+
+Each task yields records ``{"prompt", "response"}`` (classification tasks also ``input`` and an
+integer ``label``). Splits are assigned by a hash of the prompt, and prompts are unique, so the
+validation and test sets never share an example with training, whatever the sizes asked for.
+
+These are for examples, tests and demos; users bring their own JSONL.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fmlab.data.splits import split_of
+
+__all__ = ["CLASSIFY_LABELS", "TASKS", "generate_task"]
+
+Record = dict[str, Any]
+
+
+def _digits(n: int, spaced: bool) -> str:
+    return " ".join(str(n)) if spaced else str(n)
+
+
+def arithmetic(rng: random.Random, digits: int = 2, op: str = "+", spaced: bool = True) -> Record:
+    """``a op b`` with ``digits``-digit operands; spaced digits tokenize one digit per token."""
+    lo, hi = 10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1
+    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    if op == "-" and b > a:
+        a, b = b, a
+    result = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return {
+        "prompt": f"Compute: {_digits(a, spaced)} {op} {_digits(b, spaced)} =",
+        "response": f" {_digits(result, spaced)}",
+    }
+
+
+_WORDS = [
+    "red",
+    "blue",
+    "green",
+    "cat",
+    "dog",
+    "sun",
+    "moon",
+    "tree",
+    "fish",
+    "bird",
+    "star",
+    "rock",
+]
+
+
+def reverse(rng: random.Random, length: int = 4, vocab: int = 8) -> Record:
+    """Reverse a list of ``length`` words drawn from the first ``vocab`` of a fixed word list."""
+    words = [rng.choice(_WORDS[:vocab]) for _ in range(length)]
+    return {"prompt": f"Reverse: {' '.join(words)} ->", "response": " " + " ".join(words[::-1])}
+
+
+def sort_words(rng: random.Random, length: int = 4, vocab: int = 8) -> Record:
+    """Sort words alphabetically."""
+    words = [rng.choice(_WORDS[:vocab]) for _ in range(length)]
+    return {"prompt": f"Sort: {' '.join(words)} ->", "response": " " + " ".join(sorted(words))}
+
+
+def logic(rng: random.Random, terms: int = 5) -> Record:
+    """Evaluate a boolean expression of ``terms`` literals joined by and/or (left to right)."""
+    values = [rng.choice([True, False]) for _ in range(terms)]
+    negate = [rng.random() < 0.3 for _ in range(terms)]
+    ops = [rng.choice(["and", "or"]) for _ in range(terms - 1)]
+    lit = [(not v) if n else v for v, n in zip(values, negate)]
+    text = [f"{'not ' if n else ''}{str(v).lower()}" for v, n in zip(values, negate)]
+    acc, expr = lit[0], text[0]
+    for op, v, t in zip(ops, lit[1:], text[1:]):
+        acc = (acc and v) if op == "and" else (acc or v)
+        expr = f"({expr} {op} {t})"
+    return {"prompt": f"Evaluate: {expr} =", "response": f" {str(acc).lower()}"}
+
+
+CLASSIFY_LABELS = ["sports", "science", "food", "music"]
+_TOPIC_WORDS = {
+    "sports": ["goal", "match", "team", "coach", "score", "league", "runner", "ball"],
+    "science": ["atom", "theory", "experiment", "cell", "energy", "planet", "data", "lab"],
+    "food": ["bread", "soup", "spice", "recipe", "cheese", "oven", "fruit", "salad"],
+    "music": ["guitar", "song", "melody", "drum", "choir", "album", "rhythm", "piano"],
+}
+_FILLER = ["the", "a", "today", "new", "old", "big", "small", "we", "saw", "about", "very", "and"]
+
+
+def classify(rng: random.Random, length: int = 8, topical: int = 2) -> Record:
+    """Topic of a short text: ``topical`` topic words hidden among filler words (4 classes)."""
+    label = rng.randrange(len(CLASSIFY_LABELS))
+    words = [rng.choice(_FILLER) for _ in range(length - topical)]
+    for _ in range(topical):
+        words.insert(
+            rng.randrange(len(words) + 1), rng.choice(_TOPIC_WORDS[CLASSIFY_LABELS[label]])
+        )
+    text = " ".join(words)
+    return {
+        "prompt": f"Topic of: {text} ->",
+        "response": f" {CLASSIFY_LABELS[label]}",
+        "input": text,
+        "label": label,
+    }
+
+
+TASKS: dict[str, Callable[..., Record]] = {
+    "arithmetic": arithmetic,
+    "reverse": reverse,
+    "sort": sort_words,
+    "logic": logic,
+    "classify": classify,
+}
+
+
+def _stream(name: str, seed: int, kwargs: dict[str, Any]) -> Iterator[Record]:
+    make = TASKS[name]
+    rng = random.Random(f"{name}|{seed}")
+    while True:
+        yield make(rng, **kwargs)
+
+
+def generate_task(
+    name: str,
+    *,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    seed: int = 0,
+    max_draws: int = 2_000_000,
+    **kwargs: Any,
+) -> dict[str, list[Record]]:
+    """Generate ``name`` with the requested split sizes; deterministic for (name, seed, kwargs).
+
+    Raises:
+        ValueError: Unknown task, or a space too small for the requested unique examples.
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task '{name}'; built-in tasks: {sorted(TASKS)}")
+    want = {"train": n_train, "validation": n_val, "test": n_test}
+    total = sum(want.values())
+    out: dict[str, list[Record]] = {s: [] for s in want}
+    seen: set[str] = set()
+    # The split of an example depends only on its prompt; quotas just stop filling a split.
+    val_frac, test_frac = n_val / max(total, 1), n_test / max(total, 1)
+    for draws, rec in enumerate(_stream(name, seed, kwargs)):
+        if all(len(out[s]) >= want[s] for s in want):
+            break
+        if draws >= max_draws:
+            raise ValueError(
+                f"task '{name}' {kwargs}: only {sum(map(len, out.values()))} unique examples "
+                f"found for {total} requested; make the task larger or ask for fewer"
+            )
+        if rec["prompt"] in seen:
+            continue
+        seen.add(rec["prompt"])
+        split = split_of(rec["prompt"], val_frac, test_frac, salt=f"task:{name}")
+        if len(out[split]) < want[split]:
+            out[split].append(rec)
+    return out
