@@ -26,7 +26,6 @@ from fmlab.workflow import (
     link_latest,
     metric_files,
     parameter_report,
-    peak_memory,
     preflight,
     resolve_ckpt_path,
     save_resolved_config,
@@ -101,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             throughput.tokens_per_s if throughput and throughput.tokens else tokens_seen / fit_s
         ),
         **params,
-        **peak_memory(),
+        **(throughput.peak_memory() if throughput else {}),
         "global_step": int(trainer.global_step),
         "fit_s": fit_s,
         "data": datamodule.stats,

@@ -28,7 +28,6 @@ __all__ = [
     "checkpoint_paths",
     "link_latest",
     "metric_files",
-    "peak_memory",
     "preflight",
     "resolve_ckpt_path",
 ]
@@ -159,25 +158,6 @@ def preflight(cfg: DictConfig) -> None:
     check = getattr(get_object(method._target_), "preflight", None) if method else None
     if check is not None and (problem := check()):
         raise ConfigError(f"method: {problem}")
-
-
-def peak_memory() -> dict[str, Any]:
-    """Peak memory of this process: CUDA allocations on a GPU, else the resident set size."""
-    import resource
-    import sys
-
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return {
-            "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
-            "peak_mem_kind": "cuda_allocated",
-        }
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return {
-        "peak_mem_mb": rss / (2**20 if sys.platform == "darwin" else 2**10),
-        "peak_mem_kind": "cpu_rss",
-    }
 
 
 def metric_files(trainer: L.Trainer) -> dict[str, str]:

@@ -10,6 +10,7 @@ GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not 
 # options that need a value the user must supply (marked ??? in the YAML)
 REQUIRED = {
     ("data", "files"): ["data.sources=[x.jsonl]"],
+    ("data", "prepared"): ["data.path=some/dir"],
     ("data", "sft_files"): ["data.sources=[x.jsonl]"],
     ("model", "pretrained"): ["model.name_or_path=some/dir"],
     ("tokenizer", "pretrained"): ["tokenizer.name_or_path=some/dir"],

@@ -16,7 +16,9 @@ from fmlab.data.tokenizer import bpe
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory, corpus_docs):
-    return bpe(lambda: iter(corpus_docs), "sft-test", tmp_path_factory.mktemp("tok"), vocab_size=300)
+    return bpe(
+        lambda: iter(corpus_docs), "sft-test", tmp_path_factory.mktemp("tok"), vocab_size=300
+    )
 
 
 def test_encode_masks_prompt_and_appends_eos(tok):
@@ -83,16 +85,24 @@ def test_pack_sft_layout():
 
 def test_packed_mask_isolates_examples_in_the_model():
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=64)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
     model = LlamaForCausalLM(cfg).eval()
     a, b = [1, 2, 3, 4, 5], [6, 7, 8]
     p = pack_sft([{"input_ids": a, "labels": a}, {"input_ids": b, "labels": b}], 10, 0)
     mask = packed_attention_mask(torch.as_tensor(p["seq_ids"]))
     assert mask.shape == (1, 1, 10, 10)
     with torch.no_grad():
-        packed = model(input_ids=torch.as_tensor(p["input_ids"]),
-                       position_ids=torch.as_tensor(p["position_ids"]), attention_mask=mask).logits
+        packed = model(
+            input_ids=torch.as_tensor(p["input_ids"]),
+            position_ids=torch.as_tensor(p["position_ids"]),
+            attention_mask=mask,
+        ).logits
         alone_a = model(input_ids=torch.tensor([a])).logits
         alone_b = model(input_ids=torch.tensor([b])).logits
     assert torch.allclose(packed[0, :5], alone_a[0], atol=1e-5)

@@ -1,4 +1,4 @@
-"""Training throughput: tokens/s over a sliding window, logged as ``perf/tokens_per_s``."""
+"""Training throughput (``perf/tokens_per_s``, a sliding window) and peak memory per run."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections import deque
 from typing import Annotated, Any
 
 import lightning as L
+import psutil
+import torch
 from pydantic import Field
 
 from fmlab.modules.causal_lm import batch_tokens
@@ -14,11 +16,17 @@ from fmlab.modules.causal_lm import batch_tokens
 __all__ = ["Throughput"]
 
 
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
 class Throughput(L.Callback):
-    """Measures training tokens/s, excluding time spent in validation.
+    """Measures training tokens/s (excluding validation) and peak memory during training.
 
     The clock runs from one training batch end to the next, so data loading counts (a starving
-    DataLoader shows up as lower throughput) but validation does not.
+    DataLoader shows up as lower throughput) but validation does not. Peak memory is this run's
+    own: CUDA allocations since training started on a GPU, else the largest resident set size
+    sampled at each step (so runs of a sequential sweep in one process do not inherit a peak).
 
     Args:
         window: Number of recent steps in the logged moving average.
@@ -30,16 +38,31 @@ class Throughput(L.Callback):
         self.tokens = 0
         self._recent: deque[tuple[float, int]] = deque(maxlen=window)
         self._mark: float | None = None
+        self._cuda: torch.device | None = None
+        self.peak_rss_mb = 0.0
 
     @property
     def tokens_per_s(self) -> float:
         """Average over all training steps of this process's run (0 before the first step)."""
         return self.tokens / self.train_time if self.train_time > 0 else 0.0
 
+    def peak_memory(self) -> dict[str, Any]:
+        """``peak_mem_mb`` and what it measures (``cuda_allocated`` or ``cpu_rss``)."""
+        if self._cuda is not None:
+            mb = torch.cuda.max_memory_allocated(self._cuda) / 2**20
+            return {"peak_mem_mb": mb, "peak_mem_kind": "cuda_allocated"}
+        return {"peak_mem_mb": self.peak_rss_mb, "peak_mem_kind": "cpu_rss"}
+
     def _restart_clock(self, *_: Any) -> None:
         self._mark = time.perf_counter()
 
-    on_train_start = _restart_clock
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restart_clock()
+        if pl_module.device.type == "cuda":
+            self._cuda = pl_module.device
+            torch.cuda.reset_peak_memory_stats(self._cuda)
+        self.peak_rss_mb = _rss_mb()
+
     on_validation_end = _restart_clock
 
     def on_train_batch_end(
@@ -55,6 +78,8 @@ class Throughput(L.Callback):
             self._mark = now
             return
         dt, self._mark = now - self._mark, now
+        if self._cuda is None:
+            self.peak_rss_mb = max(self.peak_rss_mb, _rss_mb())
         n = batch_tokens(batch) * trainer.world_size
         self.train_time += dt
         self.tokens += n

@@ -137,7 +137,7 @@ _UNRESOLVED = object()
 def _plain(node: Any) -> Any:
     """Container of ``node`` resolved leaf by leaf; unresolvable leaves become a placeholder."""
     if isinstance(node, DictConfig):
-        return {str(k): _plain(node._get_node(str(k))) for k in node}
+        return {str(k): _plain(node._get_node(k)) for k in node}
     if isinstance(node, ListConfig):
         return [_plain(node._get_node(i)) for i in range(len(node))]
     try:
@@ -220,34 +220,40 @@ def _walk(node: Any, path: str, errors: list[str]) -> None:
             _walk(node._get_node(str(key)), f"{path}.{key}" if path else str(key), errors)
 
 
-def validate_config(cfg: DictConfig) -> None:
+_TARGET_GROUPS = ("data", "tokenizer", "model", "method", "module", "optim", "scheduler", "trainer")
+
+
+def validate_config(
+    cfg: DictConfig,
+    *,
+    root: type[BaseModel] | None = None,
+    groups: tuple[str, ...] = _TARGET_GROUPS,
+) -> None:
     """Check a composed config; raise :class:`ConfigError` listing every problem found.
 
     Args:
         cfg: The composed root config (``train`` or ``eval``).
+        root: Schema of the top-level keys (default: the train/eval schema; ``fmlab-prepare``
+            passes its own).
+        groups: Top-level keys that are ``_target_`` nodes, checked against their signatures.
 
     Raises:
         ConfigError: On unknown keys, wrong types, out-of-range values or unimportable targets.
     """
     errors: list[str] = []
     top = {str(k): _plain(cfg._get_node(str(k))) for k in cfg if str(k) != "hydra"}
+    missing = {k for k in top if OmegaConf.is_missing(cfg, k)}
+    errors += [f"{k}: a value is required (it is '???')" for k in sorted(missing)]
     try:
-        RootSchema.model_validate(top)
+        (root or RootSchema).model_validate({k: v for k, v in top.items() if k not in missing})
     except ValidationError as err:
         for e in err.errors():
             loc = ".".join(str(x) for x in e["loc"])
+            if e["loc"] and e["loc"][0] in missing:
+                continue
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
             errors.append(f"{loc}: {msg} (got {e.get('input')!r})")
-    for group in (
-        "data",
-        "tokenizer",
-        "model",
-        "method",
-        "module",
-        "optim",
-        "scheduler",
-        "trainer",
-    ):
+    for group in groups:
         node = cfg.get(group)
         if isinstance(node, DictConfig):
             if "_target_" not in node:

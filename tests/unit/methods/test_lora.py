@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig
-from transformers import LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from fmlab.config import ConfigError, compose_config, validate_config
 from fmlab.methods.lora import dora, load_lora, lora, merge_lora, qlora, qlora_backend_error
@@ -14,8 +19,14 @@ from fmlab.methods.lora import dora, load_lora, lora, merge_lora, qlora, qlora_b
 
 def _llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=64, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -48,9 +59,11 @@ def test_auto_targets_per_architecture():
 
 
 def test_values_peft_accepts_silently_are_refused(tmp_path):
-    for override, message in [("method.r=-4", "method.r: Input should be greater than 0"),
-                              ("method.alpha=0", "method.alpha: Input should be greater than 0"),
-                              ("method.dropout=1.5", "method.dropout: Input should be less than 1")]:
+    for override, message in [
+        ("method.r=-4", "method.r: Input should be greater than 0"),
+        ("method.alpha=0", "method.alpha: Input should be greater than 0"),
+        ("method.dropout=1.5", "method.dropout: Input should be less than 1"),
+    ]:
         cfg = compose_config("train", ["method=lora", override], output_dir=tmp_path)
         with pytest.raises(ConfigError, match=message):
             validate_config(cfg)
@@ -77,8 +90,15 @@ def test_mismatched_adapter_keys_fail_loudly(tmp_path):
     adapter = lora(_llama(), r=4, target_modules=["q_proj"])
     adapter.save_pretrained(str(tmp_path / "a"))
     # the same module names exist, but in a model with fewer layers: keys do not match
-    small = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
-                                         num_attention_heads=4, intermediate_size=64))
+    small = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+        )
+    )
     from safetensors.torch import load_file, save_file
 
     weights = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))

@@ -8,6 +8,7 @@ Their parameters stay float32 even through ``.to(torch.bfloat16)``/``.half()`` o
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -17,7 +18,7 @@ from torch.nn.utils import parametrize
 __all__ = ["DiReFTIntervention", "Intervention", "LoReFTIntervention", "OrthonormalRows"]
 
 
-class Intervention(nn.Module):
+class Intervention(nn.Module, ABC):
     """Common plumbing: float32 compute, dropout on the edit, ``n_params = 2·d·r + r``.
 
     Args:
@@ -37,9 +38,9 @@ class Intervention(nn.Module):
         self.d, self.r = d, r
         self.dropout = nn.Dropout(dropout)
 
+    @abstractmethod
     def edit(self, h: torch.Tensor) -> torch.Tensor:
         """The additive edit ``Φ(h) − h`` in float32. Shapes: h (N, d) → (N, d)."""
-        raise NotImplementedError
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # autocast off: under bf16-mixed the matmuls would otherwise run in bf16

@@ -261,7 +261,7 @@ class ReftModel(nn.Module):
         if not self.attached:
             return self.base(**call)
         if self.training and is_checkpointing(self.base):
-            raise NotImplementedError(
+            raise ValueError(
                 "ReFT with gradient checkpointing: the recomputed layers would run outside the "
                 "intervention context; disable gradient checkpointing"
             )
