@@ -21,7 +21,6 @@ from fmlab.config import CONF_DIR, ConfigError, build, validate_config
 from fmlab.data.tokenizer import pretrained as load_tokenizer
 from fmlab.evaluation.baselines import unigram_perplexity
 from fmlab.methods.adapters import load_trained
-from fmlab.modules import CausalLMModule, SFTModule
 from fmlab.utils import print_table, write_json
 from fmlab.workflow import build_data, build_model, parameter_report, resolve_ckpt_path
 
@@ -61,8 +60,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     else:
         model, tokenizer = load_trained(cfg.model_path)
         datamodule, _ = build_data(cfg, tokenizer_factory=lambda **_: tokenizer)
-        module_cls = SFTModule if hasattr(datamodule, "exact_match_set") else CausalLMModule
-        module = module_cls(model, optimizer=None)
+        module = build(cfg.module, "module", model=model, optimizer=None)
         source = cfg.model_path
     trainer = build(cfg.trainer, "trainer", logger=False)
     results: dict[str, Any] = dict(

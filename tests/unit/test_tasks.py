@@ -42,7 +42,8 @@ def test_answers_are_exact():
             r["response"].strip()
         )
     for r in generate_task("classify", n_train=50, n_val=5, n_test=5)["train"]:
-        assert r["response"].strip() == CLASSIFY_LABELS[r["label"]]
+        assert r["response"].strip() == "ABCD"[r["label"]]
+        assert r["label_name"] == CLASSIFY_LABELS[r["label"]]
         assert r["input"] in r["prompt"]
 
 

@@ -89,8 +89,16 @@ _TOPIC_WORDS = {
 _FILLER = ["the", "a", "today", "new", "old", "big", "small", "we", "saw", "about", "very", "and"]
 
 
+_OPTIONS = " ".join(f"{chr(65 + i)}={name}" for i, name in enumerate(CLASSIFY_LABELS))
+
+
 def classify(rng: random.Random, length: int = 8, topical: int = 2) -> Record:
-    """Topic of a short text: ``topical`` topic words hidden among filler words (4 classes)."""
+    """Topic of a short text (4 classes): ``topical`` topic words hidden among filler words.
+
+    The answer is the option letter (`` A``..`` D``), as in multiple-choice benchmarks: one token
+    in any tokenizer, so methods that only steer the prompt (ReFT) are judged on the decision,
+    not on spelling out a word the base model never learnt.
+    """
     label = rng.randrange(len(CLASSIFY_LABELS))
     words = [rng.choice(_FILLER) for _ in range(length - topical)]
     for _ in range(topical):
@@ -99,10 +107,11 @@ def classify(rng: random.Random, length: int = 8, topical: int = 2) -> Record:
         )
     text = " ".join(words)
     return {
-        "prompt": f"Topic of: {text} ->",
-        "response": f" {CLASSIFY_LABELS[label]}",
+        "prompt": f"Topic ({_OPTIONS}) of: {text} ->",
+        "response": f" {chr(65 + label)}",
         "input": text,
         "label": label,
+        "label_name": CLASSIFY_LABELS[label],
     }
 
 
