@@ -26,6 +26,8 @@ os.environ.update(
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # test-only callbacks/plugins in tests/helpers.py (fmlab builds only allow-listed targets)
+        "FMLAB_ALLOWED_TARGETS": "tests.helpers.",
     }
 )
 os.environ.pop("WANDB_API_KEY", None)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
+
+from fmlab.callbacks.checkpoint_io import AtomicCheckpointIO
 
 
 class GradNormRecorder(L.Callback):
@@ -20,3 +25,50 @@ class GradNormRecorder(L.Callback):
         grads = [p.grad.detach().flatten() for p in pl_module.parameters() if p.grad is not None]
         self.norms.append(float(torch.cat(grads).norm()))
         self.path.write_text(json.dumps(self.norms))
+
+
+class SlowCheckpointIO(AtomicCheckpointIO):
+    """A disk that stalls mid-write from step ``FMLAB_TEST_SLOW_CKPT_STEP`` on: writes half of the
+    checkpoint, touches ``<run>/slow-write-started``, then sleeps (the test kills it there)."""
+
+    def _write(self, checkpoint, fh) -> None:
+        slow_from = int(os.environ.get("FMLAB_TEST_SLOW_CKPT_STEP", "-1"))
+        if slow_from < 0 or checkpoint["global_step"] < slow_from:
+            return super()._write(checkpoint, fh)
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        data = buf.getvalue()
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        Path(fh.name).parent.parent.joinpath("slow-write-started").touch()
+        time.sleep(120)
+        fh.write(data[len(data) // 2 :])
+
+
+class PoisonAt(L.Callback):
+    """Injects non-finite values for real: at the given optimizer steps, every label of the batch is
+    masked (the loss is NaN: 0/0), or one gradient is set to inf after backward."""
+
+    def __init__(self, labels_at: list[int] = (), grads_at: list[int] = ()) -> None:
+        self.labels_at, self.grads_at = set(labels_at), set(grads_at)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step in self.labels_at:
+            batch["labels"] = torch.full_like(batch["input_ids"], -100)
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step in self.grads_at:
+            p = next(p for p in pl_module.parameters() if p.grad is not None)
+            p.grad.view(-1)[0] = float("inf")
+
+
+class SlowSteps(L.Callback):
+    """Makes each step last at least ``seconds`` and writes the current step to ``progress_file``,
+    so a test can send signals at known points of a run."""
+
+    def __init__(self, seconds: float, progress_file: str) -> None:
+        self.seconds, self.progress_file = seconds, Path(progress_file)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.progress_file.write_text(str(trainer.global_step))
+        time.sleep(self.seconds)  # a signal lands mid-step, as it would during forward/backward

@@ -21,8 +21,9 @@ from fmlab.config import CONF_DIR, ConfigError, build, validate_config
 from fmlab.data.tokenizer import pretrained as load_tokenizer
 from fmlab.evaluation.baselines import unigram_perplexity
 from fmlab.methods.adapters import load_trained
+from fmlab.reliability import resolve_resume
 from fmlab.utils import print_table, write_json
-from fmlab.workflow import build_data, build_model, parameter_report, resolve_ckpt_path
+from fmlab.workflow import build_data, build_model, parameter_report
 
 __all__ = ["evaluate", "main"]
 
@@ -47,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, verbose=False)
     ckpt = None
     if cfg.ckpt_path is not None:
-        ckpt = resolve_ckpt_path(cfg.ckpt_path, out)
+        ckpt = resolve_resume(cfg.ckpt_path, "off", out)
         run = _run_dir_of(Path(ckpt))
         train_cfg = OmegaConf.load(run / "config.yaml")
         tokenizer = load_tokenizer(name_or_path=str(run / "tokenizer"))
@@ -74,6 +75,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             results["test/unigram_ppl"] = unigram_perplexity(
                 datamodule.blocks["train"], datamodule.blocks["test"], len(tokenizer)
             )
+    if cfg.get("sets") or cfg.get("lm_eval"):  # more sets / harness tasks: fmlab.evaluation.sets
+        from fmlab.evaluation.sets import evaluate_sets, run_lm_eval
+
+        base = train_cfg if cfg.ckpt_path is not None and cfg.data_from_run else cfg
+        results.update(evaluate_sets(cfg, base, tokenizer, module, trainer, ckpt))
+        if cfg.get("lm_eval"):  # on the weights just evaluated (loaded from ckpt if given)
+            results.update(run_lm_eval(cfg.lm_eval, module.model, tokenizer))
     summary = {
         "status": "ok",
         "evaluated": str(source),

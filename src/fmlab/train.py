@@ -10,13 +10,17 @@ from typing import Any
 import hydra
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from fmlab.callbacks.throughput import Throughput
 from fmlab.config import CONF_DIR, validate_config
+from fmlab.continual import init_tokenizer_factory, provenance
 from fmlab.evaluation.baselines import unigram_perplexity
 from fmlab.methods.adapters import save_trained
+from fmlab.reliability import Preempted, PreemptionCheckpoint, resolve_resume, run_dir_lock
 from fmlab.utils import print_config, print_table, write_json
+from fmlab.utils.secrets import protect_run_dir
 from fmlab.workflow import (
     build_data,
     build_model,
@@ -27,7 +31,6 @@ from fmlab.workflow import (
     metric_files,
     parameter_report,
     preflight,
-    resolve_ckpt_path,
     save_resolved_config,
 )
 
@@ -43,24 +46,34 @@ def _metrics(results: list[dict[str, float]]) -> dict[str, float]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; return (and write) its summary.
 
+    The run directory is locked for the whole run: a second run pointed at it stops at once.
+
     Args:
         cfg: A composed ``train`` config (``paths.output_dir`` must be set).
 
     Returns:
         The summary dict also written to ``<output_dir>/summary.json``.
     """
+    with run_dir_lock(Path(cfg.paths.output_dir)):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.time()
     validate_config(cfg)  # before anything is read or built
     preflight(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out)
+    rank_zero_only(protect_run_dir)(out)  # no credential in .hydra/, logs or anything written
+    ckpt_path = resolve_resume(cfg.ckpt_path, cfg.get("resume", "auto"), out)
     if cfg.print_config:
         rank_zero_only(print_config)(cfg)
     rank_zero_only(save_resolved_config)(cfg, out)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule, tokenizer = build_data(cfg)
+    datamodule, tokenizer = build_data(
+        cfg, init_tokenizer_factory(cfg.get("init_from"), cfg.get("extend_tokenizer"))
+    )
     rank_zero_only(tokenizer.save_pretrained)(str(out / "tokenizer"))
     # Re-seed: model and adapter initialisation then depend on the seed only, not on how much
     # randomness data preparation happened to draw.
@@ -72,7 +85,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg)
 
     t_fit = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException as err:  # Lightning exits 0 on SIGTERM; a scheduler must see 143
+        saved = next(
+            (cb.saved for cb in trainer.callbacks if isinstance(cb, PreemptionCheckpoint)), None
+        )
+        if trainer.is_global_zero:
+            write_json(
+                out / "summary.json",
+                {
+                    "status": "preempted",
+                    "global_step": int(trainer.global_step),
+                    "checkpoint": saved,
+                },
+            )
+        raise Preempted(saved) from err
     fit_s = time.time() - t_fit
     tokens_seen = int(module.tokens_seen)  # before validate/test load another checkpoint
     ckpts = checkpoint_paths(trainer)
@@ -115,11 +143,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
         if cfg.export and cfg.export.hf:
             card = {
-                "base": cfg.model.get("name_or_path") or f"random init ({cfg.model.get('preset')})",
+                "base": cfg.get("init_from")
+                or cfg.model.get("name_or_path")
+                or f"random init ({cfg.model.get('preset')})",
                 "method": summary["method"],
                 "data_sources": datamodule.stats.get("sources"),
                 "tokens_seen": tokens_seen,
                 "checkpoint": chosen,
+                **provenance(cfg, datamodule, tokens_seen),
                 **{k: v for k, v in summary.items() if "/" in k},
             }
             sample = next(iter(datamodule.val_dataloader()))["input_ids"][:4]
@@ -137,9 +168,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    """Console entry point; returns ``val/loss`` for Hydra sweepers (never a test metric)."""
-    summary = train(cfg)
-    return summary.get("val/loss")
+    """Console entry point; returns ``cfg.optimized_metric`` (a ``val/`` metric, never a test
+    one) for Hydra sweepers. A failing job of a multirun is recorded as failed in its
+    ``summary.json`` and returns ``None`` instead of stopping the sweep (see :mod:`fmlab.sweeps`).
+    """
+    from fmlab.sweeps import run_job
+
+    return run_job(cfg, train)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
@@ -29,7 +30,6 @@ __all__ = [
     "link_latest",
     "metric_files",
     "preflight",
-    "resolve_ckpt_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,20 @@ def build_data(cfg: DictConfig, tokenizer_factory: Any = None) -> tuple[Pretrain
 def build_model(cfg: DictConfig, tokenizer: Any, block_size: int) -> Any:
     """The HF causal LM from ``cfg.model`` with vocabulary and ids from ``tokenizer``, adapted by
     ``cfg.method``."""
-    factory = build(cfg.model, "model")
-    model = factory(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=block_size,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    if cfg.get("init_from"):  # continued training: the source's architecture and weights
+        from fmlab.continual import init_model
+
+        extension = cfg.get("extend_tokenizer") or {}
+        model = init_model(cfg.init_from, tokenizer, block_size, extension.get("init", "subtokens"))
+    else:
+        factory = build(cfg.model, "model")
+        model = factory(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=block_size,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     # from_pretrained returns eval mode, and Lightning keeps submodule modes: train mode here,
     # or dropout would silently stay off during training
     return build(cfg.method, "method")(model.train())
@@ -88,9 +94,14 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     ]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # a kill mid-write keeps the previous checkpoint
-    return build(
+    trainer = build(
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins
     )
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        from fmlab.utils.malloc import keep_freed_memory
+
+        keep_freed_memory()  # no page faults on re-allocated activations (benchmarks/README.md)
+    return trainer
 
 
 def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
@@ -98,37 +109,13 @@ def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
     best = last = None
     for cb in trainer.checkpoint_callbacks:
         if isinstance(cb, ModelCheckpoint):
-            if cb.monitor and cb.best_model_path:
+            # a run resumed from another run's checkpoint inherits its paths: only files that
+            # exist count (the other run may have pruned its best checkpoint since)
+            if cb.monitor and cb.best_model_path and Path(cb.best_model_path).is_file():
                 best = cb.best_model_path
-            if cb.last_model_path:
+            if cb.last_model_path and Path(cb.last_model_path).is_file():
                 last = cb.last_model_path
     return {"best": best, "last": last}
-
-
-def resolve_ckpt_path(value: str | None, output_dir: Path) -> str | None:
-    """Turn ``ckpt_path`` into a checkpoint file.
-
-    ``last`` is this run directory's ``checkpoints/last.ckpt``; a directory means its
-    ``checkpoints/last.ckpt`` (a run directory) or ``last.ckpt`` (a checkpoint directory).
-    """
-    if value is None:
-        return None
-    if value == "last":
-        path = output_dir / "checkpoints" / "last.ckpt"
-    else:
-        path = Path(value).expanduser()
-        if path.is_dir():
-            path = next(
-                (
-                    p
-                    for p in (path / "checkpoints" / "last.ckpt", path / "last.ckpt")
-                    if p.is_file()
-                ),
-                path / "checkpoints" / "last.ckpt",
-            )
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={value}: no checkpoint file at {path}")
-    return str(path)
 
 
 def parameter_report(model: Any) -> dict[str, Any]:
@@ -144,10 +131,11 @@ def parameter_report(model: Any) -> dict[str, Any]:
 def save_resolved_config(cfg: DictConfig, output_dir: Path) -> None:
     """Write ``config.yaml`` (resolved, without the hydra node) into the run directory."""
     from fmlab.utils import atomic_write_text
+    from fmlab.utils.secrets import redact
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
-    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(plain))
+    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(redact(plain)))
 
 
 def preflight(cfg: DictConfig) -> None:

@@ -44,3 +44,36 @@ def test_factories_drive_optimizer_lr():
         opt2.step()
         sched2.step()
     assert seen == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_wsd_factor_shape():
+    from fmlab.modules.schedules import wsd_factor
+
+    f = lambda s, shape="linear": wsd_factor(
+        s, total_steps=100, warmup_steps=10, decay_steps=20, min_lr_ratio=0.1, decay_shape=shape
+    )
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert [f(s) for s in (10, 50, 79, 80)] == [1.0, 1.0, 1.0, 1.0]  # stable until the anneal
+    assert f(90) == pytest.approx(0.1 + 0.9 * 0.5)  # linear: half way down
+    assert f(90, "cosine") == pytest.approx(0.1 + 0.9 * 0.5)
+    assert f(85, "sqrt") == pytest.approx(0.1 + 0.9 * (1 - math.sqrt(0.25)))
+    assert f(100) == pytest.approx(0.1) and f(300) == pytest.approx(0.1)
+    values = [f(s, "cosine") for s in range(80, 101)]
+    assert all(a > b for a, b in itertools.pairwise(values))
+
+
+def test_wsd_factory_drives_lr_and_rewarm_starts_from_zero():
+    from fmlab.modules.schedules import wsd
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = wsd(opt, total_steps=10, warmup_steps=2, decay_ratio=0.4, min_lr_ratio=0.0)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25])
+    # cosine from a pretrained model: re-warm from ~0, re-decay to min_lr_ratio at the end
+    f = lambda s: cosine_factor(s, total_steps=200, warmup_steps=20, min_lr_ratio=0.1)
+    assert f(0) == pytest.approx(0.05) and f(19) == 1.0 and f(200) == pytest.approx(0.1)

@@ -1,7 +1,8 @@
 """Callbacks and logger factories used from ``conf/callbacks`` and ``conf/logger``."""
 
 from fmlab.callbacks.checkpoint_io import AtomicCheckpointIO
+from fmlab.callbacks.forgetting import ForgettingMonitor
 from fmlab.callbacks.loggers import wandb
 from fmlab.callbacks.throughput import Throughput
 
-__all__ = ["AtomicCheckpointIO", "Throughput", "wandb"]
+__all__ = ["AtomicCheckpointIO", "ForgettingMonitor", "Throughput", "wandb"]

@@ -8,7 +8,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fmlab.config.validate import ConfigError
+from fmlab.config.validate import ConfigError, disallowed_targets
 
 
 def build(node: DictConfig | None, key: str, /, **kwargs: Any) -> Any:
@@ -24,6 +24,8 @@ def build(node: DictConfig | None, key: str, /, **kwargs: Any) -> Any:
     """
     if node is None:
         return None
+    if problems := disallowed_targets(node, key):
+        raise ConfigError("; ".join(problems))
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as err:

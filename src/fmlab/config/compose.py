@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 def _find_conf_dir() -> Path:
@@ -23,6 +23,24 @@ def _find_conf_dir() -> Path:
 
 
 CONF_DIR = _find_conf_dir()
+
+
+def _run_id(pattern: str) -> str:
+    """The run directory name: the SLURM job (array task) id inside a SLURM job, so a requeued
+    job finds its own checkpoints again (``resume=auto``); otherwise the start time."""
+    import datetime
+    import os
+
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{job}" + (
+            f"_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else ""
+        )
+    return datetime.datetime.now().strftime(pattern)
+
+
+OmegaConf.register_new_resolver("fmlab_run_id", _run_id, use_cache=True, replace=True)
 
 
 def compose_config(

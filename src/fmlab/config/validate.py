@@ -13,9 +13,11 @@ Nothing is instantiated, so a bad config fails in milliseconds, naming the key.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import functools
 import inspect
+import os
 import typing
 from typing import Annotated, Any, Literal
 
@@ -48,17 +50,37 @@ class ExportSchema(_Strict):
     which: typing.Literal["best", "last"] = "best"
 
 
+class TokenizerExtensionSchema(_Strict):
+    """``extend_tokenizer``: domain tokens added to ``init_from``'s tokenizer."""
+
+    tokens: list[Annotated[str, Field(min_length=1)]] = []
+    mine: NonNeg = 0
+    min_pieces: Annotated[int, Field(ge=2)] = 3
+    min_count: Annotated[int, Field(ge=1)] = 5
+    max_docs: Annotated[int, Field(gt=0)] | None = 20_000
+    init: Literal["mean", "subtokens"] = "subtokens"
+
+
 class RootSchema(_Strict):
     """Keys allowed at the top level of train/eval configs (group nodes are checked separately)."""
 
     task_name: str
     seed: NonNeg
     ckpt_path: str | None = None
+    resume: Literal["auto", "must", "off"] = "auto"
+    init_from: str | None = None
+    extend_tokenizer: TokenizerExtensionSchema | None = None
+    data_cutoff: datetime.date | None = None
     model_path: str | None = None
     run_test: bool = True
     data_from_run: bool = True
     export: ExportSchema | None = None
     print_config: bool = True
+    # what fmlab-train returns to Hydra sweepers (Optuna): a validation metric, never a test one
+    optimized_metric: Annotated[str, Field(pattern=r"^val/")] = "val/loss"
+    # fmlab-eval: more evaluation sets (name -> data overrides), lm-evaluation-harness tasks
+    sets: dict[str, dict[str, Any]] | None = None
+    lm_eval: dict[str, Any] | None = None
     paths: PathsSchema
     # nodes built from _target_; validated by signature below
     data: Any = None
@@ -154,8 +176,53 @@ def _fmt_pydantic(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# Module prefixes whose callables configs may name. Configs can come from files inside run
+# directories or checkpoints (fmlab-eval rebuilds a run from its config.yaml): a `_target_` is
+# code execution, so only these are imported. Extend with FMLAB_ALLOWED_TARGETS=prefix,prefix
+# (an environment variable on purpose: a config file cannot widen its own permissions).
+ALLOWED_TARGETS = (
+    "fmlab.",
+    "lightning.",
+    "torch.",
+    "transformers.",
+    "peft.",
+    "torchmetrics.",
+    "datasets.",
+)
+
+
+def allowed_target_prefixes() -> tuple[str, ...]:
+    """The built-in allow-list plus ``FMLAB_ALLOWED_TARGETS`` (comma-separated prefixes)."""
+    extra = os.environ.get("FMLAB_ALLOWED_TARGETS", "")
+    return ALLOWED_TARGETS + tuple(p.strip() for p in extra.split(",") if p.strip())
+
+
+def disallowed_targets(node: Any, path: str = "") -> list[str]:
+    """Every ``_target_`` under ``node`` outside the allow-list, as ``"path._target_: message"``."""
+    found: list[str] = []
+    prefixes = allowed_target_prefixes()
+    if isinstance(node, DictConfig | dict):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith(prefixes):
+            found.append(
+                f"{path + '.' if path else ''}_target_: '{target}' is not allowed: fmlab only "
+                f"builds objects from {', '.join(p.rstrip('.') for p in prefixes)} "
+                "(set FMLAB_ALLOWED_TARGETS=<module prefix> to allow more)"
+            )
+        for key, value in node.items():
+            if key != "_target_":
+                found += disallowed_targets(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig | list):
+        for i, value in enumerate(node):
+            found += disallowed_targets(value, f"{path}[{i}]")
+    return found
+
+
 def _check_target(node: DictConfig, path: str, errors: list[str]) -> None:
     target_name = node.get("_target_")
+    if not str(target_name).startswith(allowed_target_prefixes()):
+        errors += disallowed_targets({"_target_": target_name}, path)
+        return  # never import it, not even to read its signature
     try:
         fn = get_object(target_name)
     except Exception as err:
@@ -191,6 +258,11 @@ def _check_target(node: DictConfig, path: str, errors: list[str]) -> None:
         child = node._get_node(key)
         if isinstance(child, DictConfig) and "_target_" in child:
             _check_target(child, where, errors)
+            continue
+        if isinstance(child, DictConfig) and any(
+            isinstance(item, DictConfig) and "_target_" in item for item in child.values()
+        ):  # a mapping of built objects, e.g. the components of data=mixture
+            _walk(child, where, errors)
             continue
         if isinstance(child, ListConfig) and any(
             isinstance(item, DictConfig) and "_target_" in item for item in child

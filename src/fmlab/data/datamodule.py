@@ -29,9 +29,9 @@ from filelock import FileLock
 from pydantic import Field
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
-from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from transformers import PreTrainedTokenizerBase
 
+from fmlab.data.loaders import train_loader
 from fmlab.data.pipeline import (
     Clean,
     Decontaminate,
@@ -248,6 +248,7 @@ class PretrainDataModule(L.LightningDataModule):
             "path": str(path),
             "block_size": size,
             "vocab_size": len(tok),
+            "dates": card.get("dates"),
             **{s: {k: v for k, v in card["splits"][s].items()} for s in SPLITS},
             "stages": {
                 n: {k: st[k] for k in ("in", "out", "removed") if k in st}
@@ -292,18 +293,15 @@ class PretrainDataModule(L.LightningDataModule):
         # ranks (trainer presets set use_distributed_sampler=false so Lightning keeps it).
         rank, world = self._rank_world()
         dataset, collate = self._dataset("train")
-        sampler = StatefulDistributedSampler(
-            dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
-        )
-        return StatefulDataLoader(
+        return train_loader(
             dataset,
             batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=True,
+            seed=self.seed,
+            rank=rank,
+            world=world,
             collate_fn=collate,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
         )
 
     def _eval_loader(self, split: str) -> DataLoader:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
@@ -46,6 +47,9 @@ def train_loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        # Its own generator: creating an iterator draws a base seed, which must not come from
+        # the global RNG, or a run resumed at an epoch boundary would see different dropout.
+        generator=torch.Generator().manual_seed(seed),
         drop_last=True,
         collate_fn=collate_fn,
         num_workers=num_workers,

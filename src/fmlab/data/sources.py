@@ -12,6 +12,7 @@ A source is a string:
 from __future__ import annotations
 
 import glob as globlib
+import json
 from pathlib import Path
 
 import datasets
@@ -79,7 +80,40 @@ def _load_files(files: list[str], source: str, txt_sample_by: str, cache_dir: st
             builder, data_files=files, split="train", cache_dir=cache_dir, **kwargs
         )
     except Exception as err:  # the datasets error names neither source nor row clearly
-        raise DataSourceError(f"source '{source}': cannot read {builder} files: {err}") from err
+        where = _diagnose_json_lines(files) if builder == "json" else None
+        reason = where or f"cannot read {builder} files: {str(err).strip().splitlines()[0]}"
+        raise DataSourceError(f"source '{source}': {reason}") from err
+
+
+def _diagnose_json_lines(files: list[str]) -> str | None:
+    """The first line of a JSON-lines file that is not a JSON object, or whose field types
+    disagree with earlier lines (what makes Arrow refuse it), as ``file:line: problem``."""
+    for name in files:
+        types: dict[str, tuple[str, int]] = {}
+        try:
+            with open(name, encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as err:
+                        return f"{name}:{n}: not valid JSON ({err})"
+                    if not isinstance(row, dict):
+                        return f"{name}:{n}: expected a JSON object, got {type(row).__name__}"
+                    for key, value in row.items():
+                        if value is None:
+                            continue
+                        kind = type(value).__name__
+                        first, at = types.setdefault(key, (kind, n))
+                        if first != kind and {first, kind} != {"int", "float"}:
+                            return (
+                                f"{name}:{n}: field '{key}' is {kind} here but {first} on line "
+                                f"{at}; one type per field"
+                            )
+        except UnicodeDecodeError as err:
+            return f"{name}: not UTF-8 text ({err})"
+    return None
 
 
 def load_text_source(

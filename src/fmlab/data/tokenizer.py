@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-__all__ = ["EOS", "PAD", "bpe", "pretrained", "tokenizer_fingerprint"]
+__all__ = ["EOS", "PAD", "bpe", "fixed_tokenizer", "pretrained", "tokenizer_fingerprint"]
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -27,6 +28,27 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     blob = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _given(
+    texts: Callable[[], Iterator[str]] | None = None,
+    fingerprint: str | None = None,
+    cache_dir: str | Path | None = None,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    content: str,
+) -> PreTrainedTokenizerBase:
+    return tokenizer
+
+
+def fixed_tokenizer(tokenizer: PreTrainedTokenizerBase) -> Callable[..., PreTrainedTokenizerBase]:
+    """A tokenizer factory that returns ``tokenizer`` (e.g. a base model's, for its new data).
+
+    Data preparation caches packed blocks by a description of the factory; this one is described
+    by the tokenizer's content hash, so two different tokenizers never share cached blocks (a
+    plain ``lambda`` would be described by its name only).
+    """
+    return partial(_given, tokenizer=tokenizer, content=tokenizer_fingerprint(tokenizer))
 
 
 def bpe(
@@ -83,13 +105,17 @@ def pretrained(
     cache_dir: str | Path | None = None,
     *,
     name_or_path: str,
+    trust_remote_code: bool = False,
 ) -> PreTrainedTokenizerBase:
     """Load the tokenizer of a pretrained model (Hub name or local directory).
 
     A missing pad token is set to EOS, so batches can be padded.
     """
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
+        from fmlab.models.build import refuse_remote_code
+
+        refuse_remote_code(name_or_path, trust_remote_code, "tokenizer")
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as err:
         raise ValueError(f"tokenizer.name_or_path='{name_or_path}': cannot load: {err}") from err
     if tok.eos_token is None:

@@ -6,6 +6,8 @@ token ids, context length — are passed by the training entry point.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
@@ -77,6 +79,28 @@ def llama(
     return LlamaForCausalLM(config)
 
 
+def refuse_remote_code(name_or_path: str, trust: bool, key: str) -> None:
+    """Refuse a local model/tokenizer directory that ships Python code (``auto_map``).
+
+    transformers would silently fall back to its built-in class, or run the code with
+    ``trust_remote_code``; fmlab says which, and runs it only when asked.
+    """
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(name_or_path) / name
+        if trust or not path.is_file():
+            continue
+        try:
+            auto_map = json.loads(path.read_text()).get("auto_map")
+        except (OSError, ValueError):
+            continue
+        if auto_map:
+            raise ValueError(
+                f"{key}.name_or_path='{name_or_path}': {name} names custom code {auto_map}; fmlab "
+                f"does not run code shipped with a model unless {key}.trust_remote_code=true "
+                "(read that code first)"
+            )
+
+
 def pretrained(
     *,
     name_or_path: str,
@@ -88,12 +112,15 @@ def pretrained(
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """Load a pretrained causal LM (Hub name or local HF directory, e.g. an fmlab export).
 
     The data-dependent arguments are accepted for a uniform call; the vocabulary must match the
-    tokenizer (checked), the rest comes from the model's own config.
+    tokenizer (checked), the rest comes from the model's own config. A model that ships its own
+    Python code (``auto_map``) is refused unless ``trust_remote_code`` is set explicitly.
     """
+    refuse_remote_code(name_or_path, trust_remote_code, "model")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -101,9 +128,15 @@ def pretrained(
             dtype=torch_dtype,
             attn_implementation=attn_implementation,
             revision=revision,
+            trust_remote_code=trust_remote_code,
         )
     except Exception as err:
-        raise ValueError(f"model.name_or_path='{name_or_path}': cannot load: {err}") from err
+        hint = (
+            "; it ships its own code: read it, then set model.trust_remote_code=true"
+            if "trust_remote_code" in str(err)
+            else ""
+        )
+        raise ValueError(f"model.name_or_path='{name_or_path}': cannot load: {err}{hint}") from err
     n_emb = model.get_input_embeddings().weight.shape[0]
     if vocab_size is not None and vocab_size > n_emb:
         raise ValueError(

@@ -8,6 +8,8 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fmlab.utils.secrets import redact
+
 __all__ = ["export_hf"]
 
 
@@ -31,6 +33,7 @@ def export_hf(
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     if card is not None:
+        card = redact(card)  # model cards travel: never a credential in them
         (out / "fmlab_card.json").write_text(json.dumps(card, indent=2, default=str))
         lines = ["# fmlab export", ""] + [f"- **{k}**: {v}" for k, v in card.items()]
         (out / "README.md").write_text("\n".join(lines) + "\n")

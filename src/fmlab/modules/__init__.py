@@ -2,7 +2,7 @@
 
 from fmlab.modules.causal_lm import CausalLMModule
 from fmlab.modules.optim import adamw, param_groups
-from fmlab.modules.schedules import constant, cosine
+from fmlab.modules.schedules import constant, cosine, wsd
 from fmlab.modules.sft import SFTModule
 
-__all__ = ["CausalLMModule", "SFTModule", "adamw", "constant", "cosine", "param_groups"]
+__all__ = ["CausalLMModule", "SFTModule", "adamw", "constant", "cosine", "param_groups", "wsd"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import lightning as L
 import torch
@@ -12,6 +12,8 @@ from pydantic import Field
 from torch import nn
 from torchmetrics import MeanMetric
 
+from fmlab.modules.logsteps import logs_this_step
+from fmlab.modules.regularizers import capture_reference, kl_to_reference, l2sp_penalty
 from fmlab.modules.rng import get_rng_state, set_rng_state
 
 __all__ = ["CausalLMModule", "batch_tokens"]
@@ -40,6 +42,9 @@ class CausalLMModule(L.LightningModule):
         grad_clip: Max global gradient norm; 0 disables. Done here rather than by Lightning so it
             also works with fused AdamW.
         compile: Wrap the model's forward in ``torch.compile``.
+        l2sp: Weight of the L2-SP penalty toward the starting weights (0: off).
+        kl: Weight of KL distillation toward the frozen starting model (0: off).
+        kl_on: Rows the KL term is computed on: ``all``, or ``replay`` rows of a mixture.
     """
 
     def __init__(
@@ -49,8 +54,12 @@ class CausalLMModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         grad_clip: Annotated[float, Field(ge=0)] = 1.0,
         compile: bool = False,
+        l2sp: Annotated[float, Field(ge=0)] = 0.0,
+        kl: Annotated[float, Field(ge=0)] = 0.0,
+        kl_on: Literal["all", "replay"] = "all",
     ) -> None:
         super().__init__()
+        self.l2sp, self.kl, self.kl_on = l2sp, kl, kl_on
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -69,7 +78,12 @@ class CausalLMModule(L.LightningModule):
         return self.__dict__["_compiled"]
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean next-token loss and the number of predicted tokens. Shapes: ids (B, T).
+        """Mean next-token loss and the number of predicted tokens (see :meth:`forward_batch`)."""
+        out, n_targets = self.forward_batch(batch)
+        return out.loss, n_targets
+
+    def forward_batch(self, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """Model output (``loss``, ``logits``) and the number of predicted tokens. ids: (B, T).
 
         Optional batch keys: ``labels`` (-100 = ignored; default: the ids), ``attention_mask``
         (2-D padding mask or 4-D packed mask), ``position_ids`` (packed rows), ``prompt_mask``
@@ -82,15 +96,37 @@ class CausalLMModule(L.LightningModule):
             kwargs["prompt_mask"] = batch["prompt_mask"]
         out = self._forward_fn()(input_ids=ids, labels=labels, **kwargs)
         n_targets = (labels[:, 1:] != IGNORE).sum()
-        return out.loss, n_targets
+        return out, n_targets
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self.loss(batch)
+        out, _ = self.forward_batch(batch)
+        loss = out.loss
         self.tokens_seen += batch_tokens(batch) * self.trainer.world_size
-        self.log(
-            "train/loss", loss, on_step=True, prog_bar=True, batch_size=len(batch["input_ids"])
-        )
+        bs = len(batch["input_ids"])
+        if logs_this_step(self._trainer):  # ~1 ms per log call: only when the loggers write
+            # a host copy: Lightning reads progress-bar values with .item() after every step,
+            # which for a GPU tensor would wait for the device each step (fmlab.modules.logsteps)
+            loss_host = loss.detach().cpu()
+            self.log("train/loss", loss_host, on_step=True, prog_bar=True, batch_size=bs)
+        if self.l2sp > 0:
+            penalty = l2sp_penalty(self, self.model)
+            self.log("train/l2sp", penalty, on_step=True, batch_size=bs)
+            loss = loss + self.l2sp * penalty
+        if self.kl > 0:
+            rows = batch.get("replay") if self.kl_on == "replay" else None
+            if self.kl_on == "replay" and rows is None:
+                raise ValueError("module.kl_on=replay needs replay rows: use data=mixture")
+            kl = kl_to_reference(self, self.model, batch, out.logits, rows)
+            self.log("train/kl", kl, on_step=True, batch_size=bs)
+            loss = loss + self.kl * kl
+        if self.l2sp > 0 or self.kl > 0:
+            self.log("train/total_loss", loss, on_step=True, batch_size=bs)
         return loss
+
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a checkpoint: the references are the starting weights.
+        if stage == "fit" and (self.l2sp > 0 or self.kl > 0):
+            capture_reference(self, self.model, anchor=self.l2sp > 0, copy_full=self.kl > 0)
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
         loss, n = self.loss(batch)
@@ -148,7 +184,8 @@ class CausalLMModule(L.LightningModule):
         else:
             params = [p for p in self.parameters() if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        self.log("train/grad_norm", norm, on_step=True)
+        if logs_this_step(self._trainer):
+            self.log("train/grad_norm", norm, on_step=True)
 
     # ------------------------------------------------------------------ exact resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

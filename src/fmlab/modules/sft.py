@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -23,7 +23,8 @@ class SFTModule(CausalLMModule):
     Args:
         exact_match: Score held-out prompts by greedy generation (the DataModule decides how many).
         generation_batch_size: Prompts per generate call.
-        model, optimizer, scheduler, grad_clip, compile: See :class:`CausalLMModule`.
+        model, optimizer, scheduler, grad_clip, compile, l2sp, kl, kl_on: See
+            :class:`CausalLMModule`.
     """
 
     def __init__(
@@ -35,8 +36,20 @@ class SFTModule(CausalLMModule):
         compile: bool = False,
         exact_match: bool = True,
         generation_batch_size: Annotated[int, Field(gt=0)] = 64,
+        l2sp: Annotated[float, Field(ge=0)] = 0.0,
+        kl: Annotated[float, Field(ge=0)] = 0.0,
+        kl_on: Literal["all", "replay"] = "all",
     ) -> None:
-        super().__init__(model, optimizer, scheduler, grad_clip=grad_clip, compile=compile)
+        super().__init__(
+            model,
+            optimizer,
+            scheduler,
+            grad_clip=grad_clip,
+            compile=compile,
+            l2sp=l2sp,
+            kl=kl,
+            kl_on=kl_on,
+        )
         self.exact_match = exact_match
         self.generation_batch_size = generation_batch_size
         self.em_correct = SumMetric()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -9,11 +10,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fmlab.utils.secrets import redact, redact_text
+
 __all__ = ["atomic_write_text", "write_json"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary file in the same directory, then rename it over ``path``."""
+    """Write ``text`` to a temporary file in the same directory, then rename it over ``path``.
+
+    Secret values (credential environment variables, URL passwords) never reach the file.
+    """
+    text = redact_text(text)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -45,5 +52,18 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    """Atomically write ``data`` as indented, strictly valid JSON."""
-    return atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
+    """Atomically write ``data`` as indented, strictly valid JSON (credentials redacted)."""
+    data = redact(_jsonable(data))
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_DISK_MESSAGES = ("No space left", "File too large", "Disk quota")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is a write refused for lack of space (ENOSPC, EFBIG, EDQUOT), also as
+    pyarrow/datasets report it (an ``OSError`` that carries only the message)."""
+    return isinstance(err, OSError) and (
+        err.errno in _DISK_ERRNOS or any(m in str(err) for m in _DISK_MESSAGES)
+    )

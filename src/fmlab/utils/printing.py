@@ -11,6 +11,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
+from fmlab.utils.secrets import redact, redact_text
+
 __all__ = ["print_config", "print_table"]
 
 _console = Console()
@@ -25,7 +27,10 @@ def print_config(
     keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order and k != "hydra"]
     for key in keys:
         node = cfg[key]
-        text = OmegaConf.to_yaml(node, resolve=True) if isinstance(node, DictConfig) else str(node)
+        if isinstance(node, DictConfig):
+            text = OmegaConf.to_yaml(redact(OmegaConf.to_container(node, resolve=True)))
+        else:
+            text = redact_text(str(node))
         tree.add(f"[bold]{key}").add(Syntax(text, "yaml", theme="ansi_dark"))
     _console.print(tree)
 
@@ -33,6 +38,6 @@ def print_config(
 def print_table(title: str, rows: Mapping[str, Any]) -> None:
     """Print ``rows`` as a two-column table."""
     table = Table(title=title, show_header=False)
-    for key, value in rows.items():
+    for key, value in redact(dict(rows)).items():
         table.add_row(str(key), f"{value:.4g}" if isinstance(value, float) else str(value))
     _console.print(table)

@@ -10,6 +10,7 @@ nothing and a change reruns from the changed stage on. A stage given as None (or
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from fmlab.data.pipeline.structure import Structure
 from fmlab.data.pipeline.write import Write, load_card, publish, staging_dir
 from fmlab.data.splits import SPLITS
 from fmlab.utils import atomic_write_text, write_json
+from fmlab.utils.io import is_disk_full
 
 __all__ = ["as_specs", "prepare_dataset"]
 
@@ -138,6 +140,30 @@ def _summaries(records: pa.Table, seg_stats: dict[str, Any] | None) -> dict[str,
     }
 
 
+def _clear_disk_errors(fn):
+    """A full disk (or size quota) mid-preparation: one clear error; the previous dataset at
+    ``output_dir`` is untouched (the new one is assembled aside and published by rename)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            out = kwargs.get("output_dir") or (args[1] if len(args) > 1 else None)
+            what = getattr(err, "filename", None) or "its files"
+            kept = f"; the dataset already at {out} is intact" if out else ""
+            reason = err.strerror or str(err).strip().splitlines()[0]
+            raise PrepareError(
+                f"data preparation could not write {what}: {reason} (disk full or a size "
+                f"quota?){kept}"
+            ) from err
+
+    return wrapper
+
+
+@_clear_disk_errors
 def prepare_dataset(
     sources: list[str | SourceSpec | dict[str, Any]],
     output_dir: str | None = None,

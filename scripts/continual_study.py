@@ -1,0 +1,120 @@
+"""The continued pre-training study of the README: general English → code, forgetting measured.
+
+Pre-trains the tiny Llama on the embedded English corpus, continues it on the code corpus with
+each variant (replay share, KL, L2-SP), then writes ``results.json``, ``table.md`` and
+``forgetting.png`` (domain gain vs. retention loss over steps), plus ``schedules.png``.
+
+    python scripts/continual_study.py --out docs/continual            # about 25 min on 2 cores
+    python scripts/continual_study.py --base <run dir> --variants replay0=data.replay=0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fmlab.callbacks.forgetting import comparison_rows, plot_report
+from fmlab.config import compose_config
+from fmlab.modules.schedules import constant_factor, cosine_factor, wsd_factor
+from fmlab.train import train
+
+QUIET = ["print_config=false", "callbacks.progress_bar=null"]
+VARIANTS = {
+    "replay 0%": ["data.replay=0"],
+    "replay 5%": ["data.replay=0.05"],
+    "replay 0% + KL": ["data.replay=0", "module.kl=1.0"],
+    "replay 5% + KL": ["data.replay=0.05", "module.kl=1.0"],
+}
+
+
+def plot_schedules(path: Path, total: int = 200, warmup: int = 20) -> None:
+    """LR factor of cosine (re-warm + re-decay), WSD and constant over a continued run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = range(total + 1)
+    curves = {
+        "cosine (re-warm + re-decay)": [
+            cosine_factor(s, total_steps=total, warmup_steps=warmup, min_lr_ratio=0.1)
+            for s in steps
+        ],
+        "warmup-stable-decay (20% anneal)": [
+            wsd_factor(
+                s, total_steps=total, warmup_steps=warmup, decay_steps=total // 5, min_lr_ratio=0.0
+            )
+            for s in steps
+        ],
+        "constant": [constant_factor(s, warmup_steps=warmup) for s in steps],
+    }
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for label, ys in curves.items():
+        ax.plot(list(steps), ys, label=label)
+    ax.set(xlabel="step", ylabel="LR / peak", title="scheduler=cosine | wsd | constant")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/continual"))
+    parser.add_argument("--runs", type=Path, default=Path("logs/continual_study"))
+    parser.add_argument("--base", help="an existing base run (default: pre-train one)")
+    parser.add_argument("--base-steps", type=int, default=600)
+    parser.add_argument("--variants", nargs="*", help="label=override,override ...")
+    parser.add_argument("overrides", nargs="*", help="extra overrides for every continued run")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_schedules(args.out / "schedules.png")
+    base = args.base
+    if base is None:
+        base = str(args.runs / "base")
+        cfg = compose_config(
+            "train",
+            ["experiment=pretrain_tiny", f"trainer.max_steps={args.base_steps}", *QUIET],
+            output_dir=base,
+        )
+        train(cfg)
+    variants = VARIANTS
+    if args.variants:
+        variants = dict(v.split("=", 1) for v in args.variants)
+        variants = {k: v.split(",") for k, v in variants.items()}
+    reports, summaries = {}, {}
+    for label, overrides in variants.items():
+        run = args.runs / label.replace(" ", "_").replace("%", "pct").replace("+", "")
+        cfg = compose_config(
+            "train",
+            ["experiment=continual_code", f"init_from={base}", *QUIET, *overrides, *args.overrides],
+            output_dir=run,
+        )
+        summary = train(cfg)
+        summaries[label] = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+        reports[label] = json.loads((run / "forgetting" / "report.json").read_text())
+    rows = comparison_rows(reports)
+    plot_report({k: r["history"] for k, r in reports.items()}, args.out / "forgetting.png")
+    (args.out / "results.json").write_text(
+        json.dumps({"base": base, "variants": variants, "rows": rows, "reports": reports}, indent=2)
+    )
+    lines = [
+        "| run | code ppl start → end | domain gain | English ppl start → end | general loss "
+        "| KL to base |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['domain_ppl_start']:.1f} → {r['domain_ppl_end']:.1f} "
+            f"| {r['domain_gain_pct']:.1f}% | {r['retention_ppl_start']:.1f} → "
+            f"{r['retention_ppl_end']:.1f} | {r['retention_loss_pct']:+.1f}% "
+            f"| {r['kl_to_base']:.3f} |"
+        )
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
