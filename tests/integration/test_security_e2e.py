@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAFAKEKEYID0001",
     "AWS_SECRET_ACCESS_KEY": "fake-aws-secret-value-0002",
-    "WANDB_API_KEY": "fake-wandb-key-0003",
+    "WANDB_API_KEY": "fake-wandb-key-0003" + "0" * 40,  # wandb checks the length
     "HF_TOKEN": "hf_fake_token_0004",
 }
 LITERAL = "literal-token-on-the-command-line-0005"
@@ -45,7 +45,8 @@ def test_planted_secrets_never_reach_configs_logs_cards_or_summaries(small_jsonl
         small_jsonl,
         sources,
         "print_config=true",
-        "logger=wandb",  # offline here; reads WANDB_API_KEY from the environment
+        "logger=wandb",  # a key is set, but offline: nothing leaves the machine
+        "logger.wandb.mode=offline",
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
