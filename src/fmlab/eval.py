@@ -18,6 +18,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from fmlab.config import CONF_DIR, ConfigError, build, validate_config
+from fmlab.data.tokenizer import fixed_tokenizer
 from fmlab.data.tokenizer import pretrained as load_tokenizer
 from fmlab.evaluation.baselines import unigram_perplexity
 from fmlab.methods.adapters import load_trained
@@ -53,14 +54,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         train_cfg = OmegaConf.load(run / "config.yaml")
         tokenizer = load_tokenizer(name_or_path=str(run / "tokenizer"))
         datamodule, _ = build_data(
-            train_cfg if cfg.data_from_run else cfg, tokenizer_factory=lambda **_: tokenizer
+            train_cfg if cfg.data_from_run else cfg, tokenizer_factory=fixed_tokenizer(tokenizer)
         )
         model = build_model(train_cfg, tokenizer, datamodule.block_size)
         module = build(train_cfg.module, "module", model=model, optimizer=None)
         source = ckpt
     else:
         model, tokenizer = load_trained(cfg.model_path)
-        datamodule, _ = build_data(cfg, tokenizer_factory=lambda **_: tokenizer)
+        datamodule, _ = build_data(cfg, tokenizer_factory=fixed_tokenizer(tokenizer))
         module = build(cfg.module, "module", model=model, optimizer=None)
         source = cfg.model_path
     trainer = build(cfg.trainer, "trainer", logger=False)

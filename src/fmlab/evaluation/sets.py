@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fmlab.config import ConfigError, validate_config
+from fmlab.data.tokenizer import fixed_tokenizer
 from fmlab.workflow import build_data
 
 __all__ = ["LmEvalSchema", "evaluate_sets", "run_lm_eval"]
@@ -75,7 +76,7 @@ def evaluate_sets(
             validate_config(sub, groups=("data",))
         except ConfigError as err:
             raise ConfigError(f"sets.{name}: {err}") from err
-        datamodule, _ = build_data(sub, tokenizer_factory=lambda **_: tokenizer)
+        datamodule, _ = build_data(sub, tokenizer_factory=fixed_tokenizer(tokenizer))
         metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
         if cfg.run_test:
             metrics = {
