@@ -153,8 +153,12 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                 **provenance(cfg, datamodule, tokens_seen),
                 **{k: v for k, v in summary.items() if "/" in k},
             }
-            sample = next(iter(datamodule.val_dataloader()))["input_ids"][:4]
+            loader = datamodule.val_dataloader()
+            loader = loader[0] if isinstance(loader, list) else loader  # multi-task: per task
+            sample = next(iter(loader))["input_ids"][:4]
             exported = save_trained(module.model, tokenizer, out / "export", card, sample)
+            if hasattr(module, "save_heads"):  # multi-task heads beside the backbone export
+                exported.update(module.save_heads(out / "export"))
             paths.update({f"export_{k}": v for k, v in exported.items()})
             paths["export_dir"] = str(out / "export")
         paths.update(metric_files(trainer))

@@ -93,6 +93,8 @@ class RootSchema(_Strict):
     trainer: Any = None
     callbacks: dict[str, Any] | None = None
     logger: dict[str, Any] | None = None
+    # multi-task: task name -> spec (conf/task/*.yaml), read by data/module via ${task}
+    task: dict[str, Any] | None = None
 
 
 # Range rules for third-party callables whose annotations carry none.

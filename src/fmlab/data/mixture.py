@@ -30,7 +30,13 @@ from fmlab.data.datamodule import BlockDataset, PretrainDataModule
 from fmlab.data.loaders import eval_loader, rank_world
 from fmlab.data.tokenizer import fixed_tokenizer
 
-__all__ = ["MixtureDataModule", "MixtureSampler", "mixture_shares", "schedule_slots"]
+__all__ = [
+    "MixtureDataModule",
+    "MixtureSampler",
+    "RowStreams",
+    "mixture_shares",
+    "schedule_slots",
+]
 
 Share = Annotated[float, Field(ge=0.0, lt=1.0)]
 
@@ -103,6 +109,26 @@ def _gcd(a: int, b: int) -> int:
     return a
 
 
+class RowStreams:
+    """Endless row streams of parts laid end to end: part ``i``'s ``j``-th row is position
+    ``j mod N_i`` of a permutation drawn from ``(seed, i, j div N_i)`` — each part reshuffled
+    whenever it is used up, independently of the others. Returns global indices."""
+
+    def __init__(self, sizes: Sequence[int], seed: int) -> None:
+        self.sizes, self.seed = list(sizes), seed
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self._perms: dict[int, tuple[int, torch.Tensor]] = {}
+
+    def row(self, i: int, j: int) -> int:
+        epoch, pos = divmod(j, self.sizes[i])
+        cached = self._perms.get(i)
+        if cached is None or cached[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * i + epoch)
+            cached = (epoch, torch.randperm(self.sizes[i], generator=g))
+            self._perms[i] = cached
+        return self.offsets[i] + int(cached[1][pos])
+
+
 class MixtureSampler(Sampler[int]):
     """Global row indices of the mixture, continuing across epochs; stateful for exact resume.
 
@@ -123,24 +149,17 @@ class MixtureSampler(Sampler[int]):
         if any(s > 0 and n == 0 for s, n in zip(shares, sizes)):
             raise ValueError("data: a component with a positive share has no training rows")
         self.sizes, self.shares = list(sizes), list(shares)
-        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self.streams = RowStreams(self.sizes, seed)
         self.epoch_rows, self.seed, self.rank, self.world = epoch_rows, seed, rank, world
         self.slot = 0  # next global slot
         self.counts = [0] * len(self.sizes)  # rows taken per component (global)
-        self._perms: dict[int, tuple[int, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return self.epoch_rows
 
     def _row(self, i: int, j: int) -> int:
         """Row of component ``i`` for its ``j``-th draw."""
-        epoch, pos = divmod(j, self.sizes[i])
-        cached = self._perms.get(i)
-        if cached is None or cached[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * i + epoch)
-            cached = (epoch, torch.randperm(self.sizes[i], generator=g))
-            self._perms[i] = cached
-        return self.offsets[i] + int(cached[1][pos])
+        return self.streams.row(i, j)
 
     def __iter__(self) -> Iterator[int]:
         per_epoch = self.epoch_rows * self.world

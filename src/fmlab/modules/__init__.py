@@ -1,8 +1,18 @@
 """LightningModules (objectives) and their optimisation pieces."""
 
 from fmlab.modules.causal_lm import CausalLMModule
+from fmlab.modules.multitask import MultiTaskModule
 from fmlab.modules.optim import adamw, param_groups
 from fmlab.modules.schedules import constant, cosine, wsd
 from fmlab.modules.sft import SFTModule
 
-__all__ = ["CausalLMModule", "SFTModule", "adamw", "constant", "cosine", "param_groups", "wsd"]
+__all__ = [
+    "CausalLMModule",
+    "MultiTaskModule",
+    "SFTModule",
+    "adamw",
+    "constant",
+    "cosine",
+    "param_groups",
+    "wsd",
+]

@@ -152,8 +152,12 @@ class CausalLMModule(L.LightningModule):
         self._eval_epoch_end("test")
 
     # ------------------------------------------------------------------ optimisation
+    def optimized(self) -> nn.Module:
+        """What the optimizer factory receives (its trainable parameters are optimised)."""
+        return self.model
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.model)
+        optimizer = self.optimizer_factory(self.optimized())
         precision = str(getattr(self.trainer, "precision", ""))
         if (
             self.grad_clip > 0

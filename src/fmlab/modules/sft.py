@@ -12,7 +12,35 @@ from torchmetrics import SumMetric
 from fmlab.evaluation.generation import exact_match, generate_text
 from fmlab.modules.causal_lm import CausalLMModule
 
-__all__ = ["SFTModule"]
+__all__ = ["SFTModule", "generation_accuracy"]
+
+
+def generation_accuracy(
+    module: CausalLMModule,
+    examples: list[tuple[list[int], str]],
+    tokenizer: Any,
+    max_new_tokens: int,
+    batch_size: int,
+) -> float:
+    """Exact-match accuracy of greedy generation on ``(prompt ids, reference)`` examples.
+
+    Each rank generates for every world-th example; hits and counts are summed over ranks
+    (torchmetrics syncs on ``compute``), so every example counts once.
+    """
+    rank, world = module.trainer.global_rank, module.trainer.world_size
+    mine = examples[rank::world]
+    preds = generate_text(
+        module.model,
+        tokenizer,
+        [p for p, _ in mine],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    hits, total = SumMetric().to(module.device), SumMetric().to(module.device)
+    device = module.device
+    hits.update(torch.tensor(float(sum(exact_match(preds, [r for _, r in mine]))), device=device))
+    total.update(torch.tensor(float(len(mine)), device=device))
+    return float(hits.compute() / total.compute().clamp(min=1))
 
 
 class SFTModule(CausalLMModule):
@@ -52,8 +80,6 @@ class SFTModule(CausalLMModule):
         )
         self.exact_match = exact_match
         self.generation_batch_size = generation_batch_size
-        self.em_correct = SumMetric()
-        self.em_total = SumMetric()
 
     def _score_generation(self, split: str, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -62,21 +88,9 @@ class SFTModule(CausalLMModule):
         examples = dm.exact_match_set(split)
         if not examples:
             return
-        rank, world = self.trainer.global_rank, self.trainer.world_size
-        mine = examples[rank::world]
-        preds = generate_text(
-            self.model,
-            dm.tokenizer,
-            [p for p, _ in mine],
-            max_new_tokens=dm.max_new_tokens,
-            batch_size=self.generation_batch_size,
+        accuracy = generation_accuracy(
+            self, examples, dm.tokenizer, dm.max_new_tokens, self.generation_batch_size
         )
-        hits = exact_match(preds, [r for _, r in mine])
-        self.em_correct.update(torch.tensor(float(sum(hits)), device=self.device))
-        self.em_total.update(torch.tensor(float(len(hits)), device=self.device))
-        accuracy = self.em_correct.compute() / self.em_total.compute().clamp(min=1)
-        self.em_correct.reset()
-        self.em_total.reset()
         self.log(f"{stage}/exact_match", accuracy, prog_bar=stage == "val", sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:

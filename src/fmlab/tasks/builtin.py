@@ -115,8 +115,27 @@ def classify(rng: random.Random, length: int = 8, topical: int = 2) -> Record:
     }
 
 
+def count(rng: random.Random, length: int = 10, topic: str = "food", most: int = 5) -> Record:
+    """How many words of ``topic`` a short text holds (0..``most``): a regression target
+    (``target``, a float) and, for generative use, the number as the response."""
+    if topic not in _TOPIC_WORDS:
+        raise ValueError(f"count: topic must be one of {sorted(_TOPIC_WORDS)}, got {topic!r}")
+    k = rng.randint(0, min(most, length))
+    words = [rng.choice(_FILLER) for _ in range(length - k)]
+    for _ in range(k):
+        words.insert(rng.randrange(len(words) + 1), rng.choice(_TOPIC_WORDS[topic]))
+    text = " ".join(words)
+    return {
+        "prompt": f"Count {topic} words in: {text} ->",
+        "response": f" {k}",
+        "input": text,
+        "target": float(k),
+    }
+
+
 TASKS: dict[str, Callable[..., Record]] = {
     "arithmetic": arithmetic,
+    "count": count,
     "reverse": reverse,
     "sort": sort_words,
     "logic": logic,
