@@ -49,14 +49,21 @@ class PoisonAt(L.Callback):
     """Injects non-finite values for real: at the given optimizer steps, every label of the batch is
     masked (the loss is NaN: 0/0), or one gradient is set to inf after backward."""
 
-    def __init__(self, labels_at: list[int] = (), grads_at: list[int] = ()) -> None:
+    def __init__(
+        self, labels_at: list[int] = (), grads_at: list[int] = (), rank: int | None = None
+    ) -> None:
         self.labels_at, self.grads_at = set(labels_at), set(grads_at)
+        self.rank = rank  # only this rank's batch (None: every rank)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if trainer.global_step in self.labels_at:
             batch["labels"] = torch.full_like(batch["input_ids"], -100)
 
     def on_after_backward(self, trainer, pl_module) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if trainer.global_step in self.grads_at:
             p = next(p for p in pl_module.parameters() if p.grad is not None)
             p.grad.view(-1)[0] = float("inf")
@@ -72,3 +79,19 @@ class SlowSteps(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.progress_file.write_text(str(trainer.global_step))
         time.sleep(self.seconds)  # a signal lands mid-step, as it would during forward/backward
+
+
+class RankLosses(L.Callback):
+    """Writes this rank's training loss per optimizer step to ``<out_dir>/losses_rank<r>.json``
+    (``train/loss`` in metrics.csv is rank 0's alone): a distributed run's global-batch loss is
+    the mean over ranks, comparable with a single process over the same rows."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.losses: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses[trainer.global_step - 1] = float(outputs["loss"])
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"losses_rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(self.losses))

@@ -16,10 +16,12 @@ from omegaconf import DictConfig
 from fmlab.callbacks.throughput import Throughput
 from fmlab.config import CONF_DIR, validate_config
 from fmlab.continual import init_tokenizer_factory, provenance
+from fmlab.distributed import unsharded_model
 from fmlab.evaluation.baselines import unigram_perplexity
 from fmlab.methods.adapters import save_trained
 from fmlab.reliability import Preempted, PreemptionCheckpoint, resolve_resume, run_dir_lock
 from fmlab.utils import print_config, print_table, write_json
+from fmlab.utils.remote import publish_run, remote_settings
 from fmlab.utils.secrets import protect_run_dir
 from fmlab.workflow import (
     build_data,
@@ -65,7 +67,9 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rank_zero_only(protect_run_dir)(out)  # no credential in .hydra/, logs or anything written
-    ckpt_path = resolve_resume(cfg.ckpt_path, cfg.get("resume", "auto"), out)
+    # paths.remote_dir (S3): checked writable here, searched for checkpoints (fmlab.utils.remote)
+    remote = remote_settings(cfg)
+    ckpt_path = resolve_resume(cfg.ckpt_path, cfg.get("resume", "auto"), out, **remote)
     if cfg.print_config:
         rank_zero_only(print_config)(cfg)
     rank_zero_only(save_resolved_config)(cfg, out)
@@ -134,6 +138,13 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         "data": datamodule.stats,
         "evaluated_checkpoint": chosen,
     }
+    # FSDP: each rank holds a shard of the weights; gather a full copy on rank 0 for the export
+    # (a collective, so every rank calls it; without FSDP it is module.model itself)
+    export_model = None
+    if cfg.export and cfg.export.hf:
+        export_model = unsharded_model(
+            trainer, module.model, lambda: build_model(cfg, tokenizer, datamodule.block_size)
+        )
     if trainer.is_global_zero:
         paths = {
             "output_dir": str(out),
@@ -156,7 +167,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             loader = datamodule.val_dataloader()
             loader = loader[0] if isinstance(loader, list) else loader  # multi-task: per task
             sample = next(iter(loader))["input_ids"][:4]
-            exported = save_trained(module.model, tokenizer, out / "export", card, sample)
+            exported = save_trained(export_model, tokenizer, out / "export", card, sample)
             if hasattr(module, "save_heads"):  # multi-task heads beside the backbone export
                 exported.update(module.save_heads(out / "export"))
             paths.update({f"export_{k}": v for k, v in exported.items()})
@@ -165,6 +176,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         summary["paths"] = paths
         summary["wall_s"] = time.time() - t0
         write_json(out / "summary.json", summary)
+        publish_run(out, summary, **remote)  # export/, config, summary.json -> paths.remote_dir
         link_latest(out, Path(cfg.paths.log_dir) / cfg.task_name)
         print_table("summary", {k: v for k, v in summary.items() if not isinstance(v, dict)})
     return summary

@@ -93,7 +93,11 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         for i, node in enumerate(cfg.trainer.get("plugins") or [])
     ]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())  # a kill mid-write keeps the previous checkpoint
+        # a kill mid-write keeps the previous checkpoint; with paths.remote_dir each checkpoint
+        # is also uploaded to <remote_dir>/checkpoints/ (fmlab.utils.remote)
+        from fmlab.utils.remote import remote_settings
+
+        plugins.append(AtomicCheckpointIO(**remote_settings(cfg)))
     trainer = build(
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins
     )
@@ -111,9 +115,10 @@ def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
         if isinstance(cb, ModelCheckpoint):
             # a run resumed from another run's checkpoint inherits its paths: only files that
             # exist count (the other run may have pruned its best checkpoint since)
-            if cb.monitor and cb.best_model_path and Path(cb.best_model_path).is_file():
+            # (exists, not is_file: a sharded FSDP checkpoint is a directory)
+            if cb.monitor and cb.best_model_path and Path(cb.best_model_path).exists():
                 best = cb.best_model_path
-            if cb.last_model_path and Path(cb.last_model_path).is_file():
+            if cb.last_model_path and Path(cb.last_model_path).exists():
                 last = cb.last_model_path
     return {"best": best, "last": last}
 
@@ -142,6 +147,9 @@ def preflight(cfg: DictConfig) -> None:
     """Checks a method can run here (e.g. QLoRA's GPU backend), before any data is read."""
     from hydra.utils import get_object
 
+    from fmlab.distributed import check_strategy
+
+    check_strategy(cfg)  # e.g. DeepSpeed missing: fail before the data is prepared
     method = cfg.get("method")
     check = getattr(get_object(method._target_), "preflight", None) if method else None
     if check is not None and (problem := check()):

@@ -1,62 +1,78 @@
-"""A real 2-process DDP run on CPU (gloo): trains, checkpoints, resumes exactly."""
+"""A real 2-process DDP run on CPU (gloo), launched by scripts/torchrun.sh: all ranks share one run
+directory, the losses equal a single process over the same global batches, the export loads, and
+a run resumed mid-way (launched by Lightning this time) continues exactly."""
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import FAST, synthetic_overrides
+from tests.integration._scaling import (
+    ROOT,
+    ROWS,
+    STEPS,
+    TOKENS,
+    csv_losses,
+    global_losses,
+    overrides,
+    rank_losses,
+    run,
+    single_process_reference,
+    train_process,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def _run(jsonl: Path, run_dir: Path, *extra: str) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "fmlab.train",
-        *FAST,
-        *synthetic_overrides(jsonl),
-        "trainer=ddp_cpu",
-        "scheduler=constant",
-        "callbacks.checkpoint_last.every_n_train_steps=4",
-        "run_test=false",
-        f"hydra.run.dir={run_dir}",
-        *extra,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((run_dir / "summary.json").read_text())
+def _torchrun(jsonl: Path, log_dir: Path) -> Path:
+    """scripts/torchrun.sh on one machine, 2 CPU processes, without a given run directory."""
+    env = {"NPROC": "2", "TRAINER": "ddp", "PYTHON": sys.executable, "FMLAB_LOG_DIR": str(log_dir)}
+    run(["bash", str(ROOT / "scripts" / "torchrun.sh"), *overrides(jsonl)], env)
+    runs = sorted((log_dir / "train" / "runs").iterdir())
+    assert len(runs) == 1, runs  # both ranks resolved the same run directory
+    return runs[0]
 
 
-def _losses(run_dir: Path) -> dict[int, str]:
-    with (run_dir / "csv" / "metrics.csv").open() as fh:
-        return {int(r["step"]): r["train/loss"] for r in csv.DictReader(fh) if r["train/loss"]}
+def test_ddp_torchrun_matches_one_process_and_resumes_exactly(
+    jsonl_corpus, tmp_path, tmp_path_factory
+):
+    run_dir = _torchrun(jsonl_corpus, tmp_path / "logs")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == STEPS
+    assert summary["tokens_seen"] == STEPS * 2 * ROWS * TOKENS  # both ranks' rows count
+    # rank 1 wrote into the same directory as rank 0
+    assert (run_dir / "losses_rank0.json").is_file() and (run_dir / "losses_rank1.json").is_file()
+    assert Path(summary["paths"]["export_dir"], "model.safetensors").is_file()
 
+    # 2 ranks x 8 rows = 1 process x 16 rows: the same rows each step, and DDP averages the
+    # gradients, so the loss over the global batch is the single process's loss at every step
+    reference = single_process_reference(tmp_path_factory, jsonl_corpus)
+    single = csv_losses(reference)
+    distributed = global_losses(run_dir)
+    assert sorted(distributed) == sorted(single) == list(range(STEPS))
+    for step, loss in single.items():
+        assert distributed[step] == pytest.approx(loss, rel=1e-5, abs=1e-5), step
+    # the ranks saw different rows (sharded, not duplicated)
+    r0, r1 = rank_losses(run_dir)
+    assert all(r0[s] != r1[s] for s in r0)
+    # validation is token-weighted and synchronised: the same number as one process
+    ref_summary = json.loads((reference / "summary.json").read_text())
+    assert summary["val/loss"] == pytest.approx(ref_summary["val/loss"], rel=1e-4)
 
-def test_ddp_two_processes_train_checkpoint_and_resume(jsonl_corpus, tmp_path):
-    full = _run(jsonl_corpus, tmp_path / "full", "trainer.max_steps=12")
-    assert full["global_step"] == 12
-    # both ranks trained: the global token count is 2 x the per-rank batches
-    assert full["tokens_seen"] == 12 * 2 * 16 * 64
-    assert Path(full["paths"]["export_dir"], "model.safetensors").is_file()
-    assert (tmp_path / "full" / "train_ddp_process_1.log").exists()  # rank 1 ran in the same dir
-
-    first = _run(jsonl_corpus, tmp_path / "first", "trainer.max_steps=8", "export.hf=false")
-    assert Path(first["paths"]["last_ckpt"]).is_file()
-    resumed = _run(
+    # Resume from the step-4 checkpoint with Lightning's own launcher (trainer=ddp_cpu): the
+    # steps after it are bitwise the ones of the uninterrupted run.
+    resumed = train_process(
         jsonl_corpus,
         tmp_path / "resumed",
-        "trainer.max_steps=12",
-        f"ckpt_path={tmp_path / 'first'}",
+        "trainer=ddp_cpu",
+        f"ckpt_path={run_dir / 'checkpoints' / 'step4.ckpt'}",
     )
-    assert resumed["global_step"] == 12
-    reference, after = _losses(tmp_path / "full"), _losses(tmp_path / "resumed")
-    assert sorted(after) == [8, 9, 10, 11]
-    assert {s: reference[s] for s in after} == after
-    assert resumed["val/loss"] == pytest.approx(full["val/loss"], abs=1e-6)
+    assert resumed["global_step"] == STEPS
+    assert (tmp_path / "resumed" / "train_ddp_process_1.log").exists()  # rank 1 ran there
+    after = rank_losses(tmp_path / "resumed")
+    assert sorted(after[0]) == [4, 5, 6, 7]
+    for rank in (0, 1):
+        assert after[rank] == {s: rank_losses(run_dir)[rank][s] for s in after[rank]}
+    assert resumed["val/loss"] == pytest.approx(summary["val/loss"], abs=1e-6)

@@ -208,3 +208,32 @@ def test_aggregate_maps_metrics_to_higher_is_better():
     assert higher_is_better("ppl", 4.0) == 0.25
     assert higher_is_better("mse", 1.0) == 0.5
     assert higher_is_better("loss", 0.0) == 1.0
+
+
+# ------------------------------------------------------------------ the study's table
+def test_forgetting_rows_and_study_files(tmp_path):
+    from fmlab.evaluation.multitask_study import forgetting_rows, write_study
+
+    def run(em: float, acc: float, steps: int) -> dict:
+        return {
+            "test/logic/exact_match": em,
+            "test/logic/loss": 1 - em,
+            "test/topic/accuracy": acc,
+            "global_step": steps,
+        }
+
+    results = {
+        "first only": run(0.9, 0.25, 400),
+        "second only": run(0.1, 0.95, 400),
+        "sequential": run(0.55, 0.97, 400),
+        "multi-task": run(0.88, 0.96, 800),
+    }
+    metrics = {"logic": "exact_match", "topic": "accuracy"}
+    rows = {r["condition"]: r for r in forgetting_rows(results, "logic", "topic", metrics)}
+    assert rows["sequential"]["forgetting"] == pytest.approx(0.35)
+    assert rows["multi-task"]["forgetting"] == pytest.approx(0.02)
+    assert rows["first only"]["forgetting"] is None and rows["second only"]["forgetting"] is None
+    table = write_study(results, tmp_path, "logic", "topic", metrics)
+    assert "| sequential | 400 | 0.550 | 0.450 | 0.970 | +0.350 |" in table
+    assert (tmp_path / "study.png").stat().st_size > 0
+    assert (tmp_path / "results.json").is_file()

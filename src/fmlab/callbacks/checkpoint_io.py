@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -12,6 +13,8 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 __all__ = ["AtomicCheckpointIO", "CheckpointWriteError"]
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointWriteError(OSError):
@@ -26,7 +29,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     :class:`CheckpointWriteError` naming the file. A kill mid-write leaves ``<name>.tmp`` inside the
     checkpoint directory, which the next start removes. Remote filesystems (``s3://``) use
     Lightning's own writer. Loading is always ``weights_only=True``: a checkpoint is data.
+
+    With ``remote_dir`` (``paths.remote_dir``), every checkpoint is then uploaded to
+    ``<remote_dir>/checkpoints/<name>`` (the object appears only once complete) and removed there
+    when Lightning prunes it locally. A failed upload is logged, naming both copies, and training
+    goes on: the local checkpoint is intact and the next save uploads again.
+
+    Args:
+        remote_dir: An ``s3://`` (or other fsspec) URI mirroring the run's checkpoints.
+        storage_options: fsspec options for ``remote_dir`` (``endpoint_url``, ...).
     """
+
+    def __init__(
+        self, remote_dir: str | None = None, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        self.remote_dir = remote_dir.rstrip("/") if remote_dir else None
+        self.storage_options = storage_options
+
+    def _remote(self, path: str | os.PathLike) -> str | None:
+        if self.remote_dir is None or not _is_local_file_protocol(path):
+            return None
+        return f"{self.remote_dir}/checkpoints/{Path(path).name}"
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
@@ -59,7 +83,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     f"could not write checkpoint {target}: {reason} (disk full or quota?); {kept}"
                 ) from err
             raise
+        if (uri := self._remote(target)) is not None:
+            from fmlab.utils.remote import reason, upload_file
+
+            try:  # synchronous: on return (also after SIGTERM) the checkpoint is on S3
+                upload_file(target, uri, self.storage_options)
+            except Exception as err:
+                log.error(
+                    "could not upload %s to %s (%s); the local copy is intact",
+                    target,
+                    uri,
+                    reason(err),
+                )
         return None
+
+    def remove_checkpoint(self, path: str | os.PathLike) -> None:
+        super().remove_checkpoint(path)
+        if (uri := self._remote(path)) is not None:
+            from fmlab.utils.remote import open_fs, reason
+
+            try:
+                fs, key = open_fs(uri, self.storage_options)
+                if fs.exists(key):
+                    fs.rm_file(key)
+            except Exception as err:
+                log.warning("could not remove %s (%s)", uri, reason(err))
 
     def _write(self, checkpoint: dict[str, Any], fh: BinaryIO) -> None:
         torch.save(checkpoint, fh)
@@ -68,8 +116,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         # Never unpickle arbitrary objects, whatever the caller asked for.
-        from fmlab.reliability.checkpoints import normalize_epoch_end
+        from fmlab.reliability.checkpoints import CheckpointError, normalize_epoch_end
 
+        if Path(path).is_dir():  # sharded (FSDP): only the FSDP strategy reads the shards
+            raise CheckpointError(
+                f"{path} is a sharded checkpoint (a directory of per-rank shards from "
+                "trainer=fsdp): resume it with an FSDP trainer (any number of ranks), or make "
+                "one file of it: python -m lightning.pytorch.utilities.consolidate_checkpoint "
+                f"{path} --output_file <file.ckpt>"
+            )
         kwargs = {} if map_location is None else {"map_location": map_location}
         checkpoint = super().load_checkpoint(path, weights_only=True, **kwargs)
         normalize_epoch_end(checkpoint)

@@ -26,8 +26,16 @@ CONF_DIR = _find_conf_dir()
 
 
 def _run_id(pattern: str) -> str:
-    """The run directory name: the SLURM job (array task) id inside a SLURM job, so a requeued
-    job finds its own checkpoints again (``resume=auto``); otherwise the start time."""
+    """The run directory name, the same on every rank of one launch.
+
+    - inside a SLURM job: ``slurm-<job id>`` (``_<array task>``), so a requeued job finds its own
+      checkpoints again (``resume=auto``). Not the step id: ``srun`` steps of one job (and the
+      steps of a requeued job, which restart at 0) must share the directory;
+    - under ``torchrun``: every rank runs Hydra's main and would stamp its own time, so the id
+      comes from what torchrun gives all workers of one launch (:func:`_torchrun_id`);
+    - otherwise the start time. Ranks that Lightning itself launches get ``hydra.run.dir`` of
+      rank 0 on their command line.
+    """
     import datetime
     import os
 
@@ -37,7 +45,39 @@ def _run_id(pattern: str) -> str:
         return f"slurm-{job}" + (
             f"_{task}" if task and os.environ.get("SLURM_ARRAY_JOB_ID") else ""
         )
+    if (launch := _torchrun_id(pattern)) is not None:
+        return launch
     return datetime.datetime.now().strftime(pattern)
+
+
+def _torchrun_id(pattern: str) -> str | None:
+    """A run id shared by all workers of one ``torchrun`` launch; None outside torchrun.
+
+    - ``--rdzv-id`` given: ``torchrun-<rdzv id>`` (the same on every node; relaunching with the
+      same id continues that run, like a requeued SLURM job);
+    - one node: the start time of the torchrun agent, the parent of every worker, formatted
+      like a normal run (an elastic restart keeps the agent, hence the directory);
+    - several nodes without an id: a hash of the rendezvous endpoint ``MASTER_ADDR:MASTER_PORT``
+      that the agents agreed on (with the c10d backend the port is chosen per launch).
+    """
+    import datetime
+    import hashlib
+    import os
+    import re
+
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" not in env:  # torchrun exports it to every worker
+        return None
+    rdzv = env["TORCHELASTIC_RUN_ID"]
+    if rdzv and rdzv != "none":  # "none" is torchrun's default
+        return "torchrun-" + re.sub(r"[^A-Za-z0-9._-]", "_", rdzv)
+    if env.get("GROUP_WORLD_SIZE") == "1":
+        import psutil
+
+        started = psutil.Process(os.getppid()).create_time()
+        return datetime.datetime.fromtimestamp(started).strftime(pattern)
+    endpoint = f"{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}"
+    return "torchrun-" + hashlib.sha1(endpoint.encode()).hexdigest()[:12]
 
 
 OmegaConf.register_new_resolver("fmlab_run_id", _run_id, use_cache=True, replace=True)

@@ -43,6 +43,9 @@ class PathsSchema(_Strict):
     log_dir: str
     output_dir: str
     cache_dir: str
+    # object storage (fmlab.utils.remote): where checkpoints/export are mirrored, fsspec options
+    remote_dir: str | None = None
+    storage_options: dict[str, Any] | None = None
 
 
 class ExportSchema(_Strict):

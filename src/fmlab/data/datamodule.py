@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
-from fmlab.data.loaders import train_loader
+from fmlab.data.loaders import eval_loader, train_loader
 from fmlab.data.pipeline import (
     Clean,
     Decontaminate,
@@ -46,6 +46,7 @@ from fmlab.data.pipeline import (
 )
 from fmlab.data.pipeline.engine import fingerprint
 from fmlab.data.splits import SPLITS
+from fmlab.utils.remote import fetch_dataset, is_remote
 
 __all__ = ["BlockDataset", "PretrainDataModule", "SourceSpec", "load_blocks"]
 
@@ -143,6 +144,8 @@ class PretrainDataModule(L.LightningDataModule):
         document_mask: Keep documents in a block from attending to each other.
         eval_stride: Validation/test as overlapping windows every ``eval_stride`` tokens.
         progress: Show preparation progress bars.
+        storage_options: fsspec options for ``s3://`` sources or ``path`` (default: the AWS
+            environment variables / ``~/.aws``).
     """
 
     def __init__(
@@ -167,6 +170,7 @@ class PretrainDataModule(L.LightningDataModule):
         document_mask: bool = False,
         eval_stride: Annotated[int, Field(gt=0)] | None = None,
         progress: bool = True,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if (path is None) == (not sources):
@@ -190,6 +194,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.stages = {"clean": clean, "filter": filter, "dedup": dedup}
         self.decontaminate = decontaminate
         self.document_mask, self.eval_stride, self.progress = document_mask, eval_stride, progress
+        self.storage_options = storage_options
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.blocks: dict[str, np.ndarray] = {}
         self.columns: dict[str, dict[str, np.ndarray]] = {}
@@ -214,6 +219,7 @@ class PretrainDataModule(L.LightningDataModule):
                 cache_dir=self.cache_dir,
                 num_proc=self.num_proc,
                 progress=self.progress,
+                storage_options=self.storage_options,
                 **kwargs,
             )
         return card["path"]
@@ -229,6 +235,8 @@ class PretrainDataModule(L.LightningDataModule):
 
         try:
             path = self.path or self._prepare_sources(tokenizer_factory)
+            if is_remote(path):  # s3://: blocks are memory-mapped, so from a local copy
+                path = fetch_dataset(path, self.cache_dir, self.storage_options)
             columns, card = load_blocks(path)
         except PrepareError as err:
             raise ValueError(str(err)) from err
@@ -245,7 +253,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.blocks = {s: columns[s]["input_ids"] for s in SPLITS}
         self.stats = {
             "sources": [s.path for s in self.sources] or [s["source"] for s in card["sources"]],
-            "path": str(path),
+            "path": str(self.path or path),
             "block_size": size,
             "vocab_size": len(tok),
             "dates": card.get("dates"),
@@ -309,10 +317,11 @@ class PretrainDataModule(L.LightningDataModule):
         # token-weighted metrics then count every block exactly once.
         rank, world = self._rank_world()
         dataset, collate = self._dataset(split)
-        return DataLoader(
+        return eval_loader(
             dataset,
             batch_size=self.eval_batch_size,
-            sampler=list(range(rank, len(dataset), world)),
+            rank=rank,
+            world=world,
             collate_fn=collate,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

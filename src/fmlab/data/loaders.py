@@ -73,6 +73,10 @@ def eval_loader(
         dataset,
         batch_size=batch_size,
         sampler=list(range(rank, len(dataset), world)),
+        # Its own generator: creating an iterator draws a base seed, which must not come from the
+        # global RNG, or validation would shift the training randomness (dropout) after it, and a
+        # run resumed from a checkpoint written at a validation step would not match.
+        generator=torch.Generator().manual_seed(0),
         collate_fn=collate_fn,
         num_workers=num_workers,
         pin_memory=pin_memory,

@@ -6,6 +6,10 @@ A source is a string:
 - a local file or glob (``.txt``, ``.jsonl``, ``.json``, ``.csv``, ``.parquet``), or a directory of
   such files;
 - a directory written by :meth:`datasets.Dataset.save_to_disk` (or a ``DatasetDict``);
+- an ``s3://`` (or other fsspec) URI of any of these, listed as ``fmlab-prepare`` lists it (hidden
+  and Athena side files skipped, extension-less Parquet recognised; see
+  :mod:`fmlab.data.pipeline.read`), with credentials from the AWS environment or
+  ``storage_options``;
 - otherwise a Hugging Face Hub dataset name (needs network or a local HF cache).
 """
 
@@ -18,6 +22,7 @@ from pathlib import Path
 import datasets
 
 from fmlab.data.embedded import embedded_corpus_path
+from fmlab.utils.remote import is_remote
 
 __all__ = ["DataSourceError", "load_text_source"]
 
@@ -58,6 +63,34 @@ def _is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and any(
         (path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")
     )
+
+
+def _load_remote(
+    source: str, txt_sample_by: str, storage_options: dict | None
+) -> datasets.Dataset | datasets.DatasetDict:
+    """An ``s3://...`` file, prefix, glob or ``save_to_disk`` directory, read by the data
+    pipeline's reader (not ``datasets.load_dataset``, which refuses any URL when
+    ``HF_HUB_OFFLINE=1``, as on clusters that reach S3 but not the Hub)."""
+    from fmlab.data.pipeline import PrepareError, SourceSpec
+    from fmlab.data.pipeline.read import iter_rows, resolve_source
+    from fmlab.data.pipeline.records import BadRow
+
+    try:
+        src = resolve_source(SourceSpec(path=source, txt_sample_by=txt_sample_by), storage_options)
+    except PrepareError as err:
+        raise DataSourceError(str(err)) from err
+    if src.kind == "saved":
+        return datasets.load_from_disk(source, storage_options=storage_options)
+    if src.kind != "files":
+        raise DataSourceError(f"source '{source}': no such file, or no data files there")
+    rows = []
+    for where, row in iter_rows(src):
+        if isinstance(row, BadRow):
+            raise DataSourceError(f"source '{source}': {where}: {row.detail}")
+        rows.append(row if isinstance(row, dict) else {"text": row})
+    if not rows:
+        raise DataSourceError(f"source '{source}': the files there hold no rows")
+    return datasets.Dataset.from_list(rows)
 
 
 def _load_files(files: list[str], source: str, txt_sample_by: str, cache_dir: str | None):
@@ -124,6 +157,7 @@ def load_text_source(
     hf_name: str | None = None,
     txt_sample_by: str = "paragraph",
     cache_dir: str | None = None,
+    storage_options: dict | None = None,
 ) -> datasets.Dataset:
     """Load ``source`` as a Dataset whose ``text`` column holds one document per row.
 
@@ -134,6 +168,7 @@ def load_text_source(
         hf_name: Hub dataset configuration name.
         txt_sample_by: For ``.txt``: ``paragraph`` (blank-line separated), ``line`` or ``document``.
         cache_dir: fmlab cache directory (embedded corpora, HF datasets cache).
+        storage_options: fsspec options for ``s3://`` sources (endpoint_url, ...).
 
     Raises:
         DataSourceError: When the source is missing, unreadable, or lacks ``text_field``.
@@ -144,8 +179,11 @@ def load_text_source(
         ds = datasets.load_dataset(
             "json", data_files=[str(path)], split="train", cache_dir=hf_cache
         )
-    elif _is_saved_dataset(Path(source).expanduser()):
-        loaded = datasets.load_from_disk(str(Path(source).expanduser()))
+    elif is_remote(source) or _is_saved_dataset(Path(source).expanduser()):
+        if is_remote(source):
+            loaded = _load_remote(source, txt_sample_by, storage_options)
+        else:
+            loaded = datasets.load_from_disk(str(Path(source).expanduser()))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise DataSourceError(

@@ -8,12 +8,16 @@
   used. Nothing to resume from: a fresh start.
 - ``must``: as ``auto``, but no valid checkpoint is an error (plain Lightning only warns).
 - ``off``: ignore checkpoints in the run directory; a given ``ckpt_path`` must be valid.
+
+``ckpt_path=s3://...`` and ``paths.remote_dir`` (checkpoints mirrored to object storage) follow the
+same rules; remote files are downloaded and checked first (:mod:`fmlab.reliability.remote`).
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +26,8 @@ from typing import Literal
 import torch
 
 from fmlab.config import ConfigError
+from fmlab.reliability.sharded import is_sharded_checkpoint
+from fmlab.utils.remote import is_remote
 
 __all__ = [
     "CheckpointError",
@@ -65,6 +71,10 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     p = Path(path)
     if not p.exists():
         return CheckpointInfo(p, "does not exist")
+    if is_sharded_checkpoint(p):  # (FSDP) a directory of shards + meta.pt
+        from fmlab.reliability.sharded import inspect_sharded
+
+        return inspect_sharded(p)
     if not p.is_file():
         return CheckpointInfo(p, "is not a file")
     stat = p.stat()
@@ -101,6 +111,8 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
 
 def _candidates(run_dir: Path) -> list[Path]:
     found = sorted((run_dir / "checkpoints").glob("*.ckpt")) if run_dir.is_dir() else []
+    # + what was downloaded from paths.remote_dir / an s3:// ckpt_path (fmlab.reliability.remote)
+    found += sorted((run_dir / "from_remote" / "checkpoints").glob("*.ckpt"))
     return found + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
 
 
@@ -110,8 +122,13 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     stale += sorted(run_dir.glob("hpc_ckpt_*.ckpt.tmp"))
     for p in stale:
         log.warning("removing %s: an interrupted checkpoint write (the previous file is intact)", p)
-        p.unlink(missing_ok=True)
-    return stale
+        if p.is_dir():  # a sharded checkpoint's write (fmlab.distributed.FSDPStrategy)
+            shutil.rmtree(p, ignore_errors=True)  # ignore: another rank may remove it too
+        else:
+            p.unlink(missing_ok=True)
+    from fmlab.reliability.sharded import restore_swapped
+
+    return stale + restore_swapped(run_dir / "checkpoints")
 
 
 def _requested_file(value: str, output_dir: Path) -> tuple[Path, Path]:
@@ -119,7 +136,8 @@ def _requested_file(value: str, output_dir: Path) -> tuple[Path, Path]:
     if value == "last":
         return output_dir / "checkpoints" / "last.ckpt", output_dir
     path = Path(value).expanduser()
-    if path.is_dir():  # a run directory, or its checkpoints/ directory
+    # a run directory, or its checkpoints/ directory (a sharded checkpoint is a directory too)
+    if path.is_dir() and not is_sharded_checkpoint(path):
         if (path / "checkpoints").is_dir():
             return path / "checkpoints" / "last.ckpt", path
         return path / "last.ckpt", path.parent if path.name == "checkpoints" else path
@@ -132,20 +150,51 @@ def _newest(infos: list[CheckpointInfo]) -> CheckpointInfo | None:
     return max(valid, key=lambda i: (i.global_step, i.mtime), default=None)
 
 
-def resolve_resume(ckpt_path: str | None, resume: ResumeMode, output_dir: Path) -> str | None:
+def resolve_resume(
+    ckpt_path: str | None,
+    resume: ResumeMode,
+    output_dir: Path,
+    remote_dir: str | None = None,
+    storage_options: dict | None = None,
+) -> str | None:
     """The checkpoint file to resume from, or None for a fresh start (see the module docstring).
+
+    Args:
+        ckpt_path: ``last``, a file, a run directory, or an ``s3://`` object or prefix.
+        resume: ``auto``, ``must`` or ``off``.
+        output_dir: This run's directory.
+        remote_dir: ``paths.remote_dir``: checked to be writable (before anything trains), and
+            searched like the run directory when ``ckpt_path`` is not given.
+        storage_options: fsspec options for remote URIs.
 
     Raises:
         CheckpointError: A named checkpoint is unusable and there is no valid alternative, or
             ``resume=must`` finds nothing valid.
+        RemoteError: ``remote_dir`` cannot be written (missing bucket, no permission).
     """
     if resume not in ("auto", "must", "off"):
         raise ConfigError(f"resume={resume!r}: expected one of auto, must, off")
+    target = ckpt_path  # what is resolved locally; messages keep naming ckpt_path
+    if remote_dir or is_remote(ckpt_path):
+        from fmlab.reliability.remote import fetch_checkpoint
+        from fmlab.utils.remote import check_writable
+
+        if remote_dir:
+            check_writable(remote_dir, storage_options, "paths.remote_dir")
+        if is_remote(ckpt_path):  # download it (or its newest valid sibling), then as local
+            target = fetch_checkpoint(
+                str(ckpt_path), output_dir, storage_options, fallback=resume != "off"
+            )
+        elif ckpt_path is None and resume != "off":  # into <out>/from_remote: a candidate
+            fetch_checkpoint(remote_dir, output_dir, storage_options, required=False)
     if ckpt_path is None and resume == "off":
         return None
-    if ckpt_path is not None:
-        requested, run_dir = _requested_file(str(ckpt_path), output_dir)
-        wants_newest = str(ckpt_path) == "last" or Path(str(ckpt_path)).expanduser().is_dir()
+    if target is not None:
+        requested, run_dir = _requested_file(str(target), output_dir)
+        named = Path(str(target)).expanduser()
+        wants_newest = str(target) == "last" or (
+            named.is_dir() and not is_sharded_checkpoint(named)
+        )
     else:
         requested, run_dir, wants_newest = None, output_dir, True
     remove_stale_temporaries(run_dir)
@@ -173,8 +222,9 @@ def resolve_resume(ckpt_path: str | None, resume: ResumeMode, output_dir: Path) 
     problems = "; ".join(f"{i.path} {i.problem}" for i in infos) or "no *.ckpt files"
     if resume == "must" or ckpt_path is not None:
         where = f"ckpt_path={ckpt_path}" if ckpt_path is not None else "resume=must"
+        also = f" or {remote_dir}" if remote_dir and ckpt_path is None else ""
         raise CheckpointError(
-            f"{where}: no valid checkpoint to resume from in {run_dir} ({problems})"
+            f"{where}: no valid checkpoint to resume from in {run_dir}{also} ({problems})"
         )
     if infos:
         log.warning("no valid checkpoint in %s (%s): starting from scratch", run_dir, problems)

@@ -130,8 +130,8 @@ class NonFiniteGuard(L.Callback):
             labels = self._batch.get("labels") if isinstance(self._batch, dict) else None
             if labels is not None and bool((labels[:, 1:] == -100).all()):
                 self._bad += " (the batch has no target tokens: every label is -100)"
-            if self.policy == "stop":
-                self._stop(trainer)
+            if self.policy == "stop" and trainer.world_size == 1:
+                self._stop(trainer)  # several ranks: decided together, before the update
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -139,6 +139,13 @@ class NonFiniteGuard(L.Callback):
             norms = torch._foreach_norm(grads)
             if not bool(torch.isfinite(torch.stack(norms)).all()):
                 self._bad = "a gradient is NaN/Inf (the loss was finite)"
+        # Several ranks take one decision: each sees only its own rows' loss and, under FSDP, its
+        # own shard of the gradients. A rank stopping alone leaves the others waiting in the
+        # next collective forever; a rank skipping alone lets the replicas diverge.
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(
+            self._bad is not None, all=False
+        ):
+            self._bad = self._bad or "a NaN/Inf loss or gradient on another rank"
         if self._bad is None:
             return
         if self.policy == "stop":
@@ -155,7 +162,8 @@ class NonFiniteGuard(L.Callback):
 
     def _stop(self, trainer: L.Trainer, extra: str = "") -> None:
         last = last_checkpoint_path(trainer)
-        keep = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint yet"
+        # (exists: a sharded FSDP checkpoint is a directory)
+        keep = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
         raise NonFiniteError(
             f"step {trainer.global_step} (epoch {trainer.current_epoch}): {self._bad}{extra}. "
             f"No update was applied; {keep}. Lower optim.lr, check the data, or set "

@@ -4,6 +4,13 @@ their rows with the position of each (``file:line`` or ``file[row]``).
 Rows that cannot be parsed (bad JSON or CSV, undecodable bytes) are yielded as
 :class:`~fmlab.data.pipeline.records.BadRow` at their position instead of stopping the read, so the
 structure stage can count them. Files are read one row at a time: memory stays bounded.
+
+A directory (or S3 prefix) is read the way Hive, Spark, Glue and Athena read a table location, so
+their outputs can be given as they are: files and folders whose name starts with ``_`` or ``.``
+(``_SUCCESS``, ``_temporary/``, ``.crc``, ``*_$folder$``) and Athena's side files (``.metadata``,
+``<query id>-manifest.csv``) are not data; files without an extension (Athena UNLOAD/CTAS) are
+recognised by content (Parquet, or JSON lines, optionally gzip); ``key=value`` folders (Hive-style
+partitions, ``dt=2024-01-01/``) become fields of each row, unless the row has that field itself.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -19,6 +27,7 @@ from typing import Any
 from fsspec.core import url_to_fs
 
 from fmlab.data.pipeline.records import BadRow, PrepareError, SourceSpec
+from fmlab.data.pipeline.tables import not_data, partition_fields, sniff_format
 
 __all__ = ["FORMATS", "ResolvedSource", "iter_rows", "resolve_source"]
 
@@ -27,6 +36,12 @@ FORMATS[".parquet"] = "parquet"
 _COMPRESSED = (".gz", ".bz2", ".zst", ".xz")
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 csv.field_size_limit(2**31 - 1)  # documents are longer than csv's 128 KiB default field limit
+
+
+def _bare(path: str) -> bool:
+    """Whether a file name has no extension but compression (Athena UNLOAD/CTAS output)."""
+    suffixes = [s.lower() for s in PurePosixPath(path).suffixes]
+    return all(s in _COMPRESSED for s in suffixes)
 
 
 def _format_of(path: str) -> str | None:
@@ -48,6 +63,9 @@ class ResolvedSource:
     nbytes: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     alias: str | None = None  # how positions name the file (embedded corpora)
+    # per file: (format, compression) found by content (no extension), Hive partition fields
+    formats: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    partitions: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
 
 def _identity(fs: Any, path: str) -> tuple[Any, ...]:
@@ -100,30 +118,50 @@ def resolve_source(
             files = sorted(f for f in fs.find(root) if fs.isfile(f))
             idents = [_identity(fs, f) for f in files]
             return ResolvedSource(spec, "saved", [path], idents, fs, options=options)
+        base, skipped, is_dir = root, [], False
         if fs.isfile(root):
             files = [root]
-        elif fs.isdir(root):
-            files = sorted(f for f in fs.find(root) if _format_of(f))
+            base = root.rsplit("/", 1)[0]
+        elif is_dir := fs.isdir(root):  # a table location: hidden and side files are not data
+            found = sorted(fs.find(root))
+            skipped = [f for f in found if not_data(f[len(root) :])]
+            files = [f for f in found if f not in set(skipped)]
         else:
-            files = sorted(f for f in fs.glob(root) if fs.isfile(f))
+            base = re.split(r"[*?\[]", root, maxsplit=1)[0].rsplit("/", 1)[0]
+            found = sorted(f for f in fs.glob(root) if fs.isfile(f))
+            files = [f for f in found if not not_data(f.rsplit("/", 1)[-1])]
+        formats = {f: sniff_format(fs, f) for f in files if _bare(f) and fs.size(f)}
+        if is_dir:  # other formats in a directory are skipped (README.md, *.metadata)
+            skipped += [f for f in files if _format_of(f) is None and not formats.get(f)]
+            files = [f for f in files if _format_of(f) or formats.get(f)]
     except PrepareError:
         raise
     except Exception as err:  # network, permissions, missing bucket
         raise PrepareError(f"source '{spec.path}': cannot list {path}: {err}") from err
     if not files:
         if _looks_like_path(spec.path):
+            ignored = ""
+            if skipped:
+                names = ", ".join(f.rsplit("/", 1)[-1] for f in skipped[:3])
+                more = ", ..." if len(skipped) > 3 else ""
+                ignored = f" ({len(skipped)} other files ignored: {names}{more})"
             raise PrepareError(
-                f"source '{spec.path}': no such file, or no {sorted(FORMATS)} files match there"
+                f"source '{spec.path}': no such file, or no {sorted(FORMATS)} files match "
+                f"there{ignored}"
             )
         return ResolvedSource(spec, "hub", [spec.path], [(spec.path, spec.hf_name, spec.split)])
-    unknown = sorted({f for f in files if _format_of(f) is None})
+    unknown = sorted({f for f in files if _format_of(f) is None and not formats.get(f)})
     if unknown:
         raise PrepareError(
             f"source '{spec.path}': unsupported file type: {unknown[0]} "
             f"(expected {sorted(FORMATS)}, optionally compressed {list(_COMPRESSED)})"
         )
+    parts = {f: p for f in files if (p := partition_fields(f[len(base) :]))}
+    formats = {f: v for f, v in formats.items() if v}
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol not in ("file", "local"):
+        parts = {fs.unstrip_protocol(f): p for f, p in parts.items()}
+        formats = {fs.unstrip_protocol(f): v for f, v in formats.items()}
         files = [fs.unstrip_protocol(f) for f in files]
     idents = [_identity(fs, f) for f in files]
     nbytes = sum(int(i[1] or 0) for i in idents)
@@ -133,7 +171,7 @@ def resolve_source(
         # built deterministically; its name carries the recipe and Python version: the same
         # corpus in another cache directory (or rebuilt later) is the same input
         idents = [(Path(f).name, size) for f, size, _ in idents]
-    return ResolvedSource(spec, "files", files, idents, fs, nbytes, options, alias)
+    return ResolvedSource(spec, "files", files, idents, fs, nbytes, options, alias, formats, parts)
 
 
 # ---------------------------------------------------------------------------- row iterators
@@ -276,10 +314,25 @@ def _parquet_rows(fh: Any, name: str) -> Iterator[Row]:
             i += 1
 
 
+def _with_partitions(rows: Iterator[Row], fields: dict[str, str | None]) -> Iterator[Row]:
+    for where, row in rows:
+        if isinstance(row, dict):
+            for key, value in fields.items():
+                row.setdefault(key, value)
+        yield where, row
+
+
 def _file_rows(src: ResolvedSource, path: str) -> Iterator[Row]:
-    fmt = _format_of(path)
+    if path in src.partitions:
+        yield from _with_partitions(_plain_file_rows(src, path), src.partitions[path])
+    else:
+        yield from _plain_file_rows(src, path)
+
+
+def _plain_file_rows(src: ResolvedSource, path: str) -> Iterator[Row]:
+    fmt, compression = src.formats.get(path) or (_format_of(path), "infer")
     name = src.alias or path
-    with src.fs.open(path, "rb", compression="infer") as fh:
+    with src.fs.open(path, "rb", compression=compression) as fh:
         if fmt == "jsonl":
             yield from _jsonl_lines(iter(fh), name)
         elif fmt == "json":
