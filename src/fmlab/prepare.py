@@ -6,9 +6,10 @@ Turns raw sources into a training-ready dataset (see :mod:`fmlab.data.pipeline`)
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +41,8 @@ class PrepareSchema(BaseModel):
     storage_options: dict[str, Any] | None = None
     tokenizer_train_docs: Annotated[int, Field(ge=1)] | None = None
     print_config: bool = True
+    engine: Literal["local", "spark"] = "local"
+    spark: Any = None
     paths: PathsSchema
     tokenizer: Any = None
     structure: Any = None
@@ -59,12 +62,17 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         cfg: A composed ``prepare`` config.
     """
     t0 = time.time()
-    validate_config(cfg, root=PrepareSchema, groups=(*STAGES, "tokenizer"))
+    validate_config(cfg, root=PrepareSchema, groups=(*STAGES, "tokenizer", "spark"))
     if cfg.print_config:
         print_config(cfg, order=("sources", "output_dir", *STAGES, "tokenizer"))
     stages = {name: build(cfg.get(name), name) for name in STAGES}
     tokenizer = build(cfg.tokenizer, "tokenizer") if stages["segment"] is not None else None
-    card = prepare_dataset(
+    run = prepare_dataset
+    if cfg.engine == "spark":  # same stages and settings, run as a Spark job
+        from fmlab.data.spark import prepare_on_spark
+
+        run = functools.partial(prepare_on_spark, spark=build(cfg.get("spark"), "spark"))
+    card = run(
         OmegaConf.to_container(cfg.sources, resolve=True),
         cfg.output_dir,
         **stages,

@@ -18,7 +18,36 @@ from fmlab.data.pipeline.engine import ArrowSink, Runner, Stage
 from fmlab.data.pipeline.read import ResolvedSource, iter_rows
 from fmlab.data.pipeline.records import BadRow, PrepareError, record_schema, to_record
 
-__all__ = ["Structure"]
+__all__ = ["RowTally", "Structure"]
+
+
+class RowTally:
+    """Rows → records of one source: counts rows, kept records and bad rows by reason, keeping
+    the position of the first ``limit`` bad rows per reason. Shared by both engines."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.rows = self.kept = 0
+        self.bad: Counter = Counter()
+        self.examples: dict[str, list[dict[str, str]]] = {}
+
+    def records(self, rows: Any, spec: Any, kind: str) -> Any:
+        """Yield the valid records of ``(where, row)`` pairs (a record's row index in its
+        source is ``self.rows - 1`` when it is yielded)."""
+        for where, row in rows:
+            self.rows += 1
+            try:
+                if isinstance(row, BadRow):
+                    raise row
+                rec = to_record(row, spec, kind, where)
+            except BadRow as err:
+                self.bad[err.reason] += 1
+                listed = self.examples.setdefault(err.reason, [])
+                if len(listed) < self.limit:
+                    listed.append({"where": where, "detail": err.detail})
+                continue
+            self.kept += 1
+            yield rec
 
 
 def _summary(bad: Counter, examples: dict[str, list[dict[str, str]]]) -> str:
@@ -65,23 +94,9 @@ class Structure(Stage):
             for src in sources:
                 label = src.spec.label
                 advance = runner.bar(f"read {Path(label).name[:16]}", None, "rows")
-                bad: Counter = Counter()
-                src_examples: dict[str, list[dict[str, str]]] = {}
-                rows = kept = 0
+                tally = RowTally(self.examples)
                 columns: dict[str, list] = {k: [] for k in names}
-                for where, row in iter_rows(src, cache_dir=cache_dir):
-                    rows += 1
-                    try:
-                        if isinstance(row, BadRow):
-                            raise row
-                        rec = to_record(row, src.spec, self.kind, where)
-                    except BadRow as err:
-                        bad[err.reason] += 1
-                        kept_examples = src_examples.setdefault(err.reason, [])
-                        if len(kept_examples) < self.examples:
-                            kept_examples.append({"where": where, "detail": err.detail})
-                        continue
-                    kept += 1
+                for rec in tally.records(iter_rows(src, cache_dir=cache_dir), src.spec, self.kind):
                     for k in names:
                         columns[k].append(rec[k])
                     if len(columns["id"]) >= runner.batch_size:
@@ -90,20 +105,10 @@ class Structure(Stage):
                         columns = {k: [] for k in names}
                 sink.write(columns)
                 advance(len(columns["id"]), done=True)
-                self._check(label, rows, kept, bad, src_examples)
-                total_bad.update(bad)
-                for reason, items in src_examples.items():
-                    room = self.examples - len(examples.setdefault(reason, []))
-                    examples[reason].extend(items[: max(room, 0)])
                 per_source.append(
-                    {
-                        "source": label,
-                        "files": len(src.files) if src.kind == "files" else None,
-                        "bytes": src.nbytes,
-                        "rows": rows,
-                        "kept": kept,
-                        "bad": dict(bad),
-                    }
+                    self.account(
+                        src, tally.rows, tally.kept, tally.bad, tally.examples, total_bad, examples
+                    )
                 )
         rows = sum(s["rows"] for s in per_source)
         return {
@@ -113,6 +118,32 @@ class Structure(Stage):
             "examples": examples,
             "sources": per_source,
             "bytes": sum(s["bytes"] for s in per_source),
+        }
+
+    def account(
+        self,
+        src: ResolvedSource,
+        rows: int,
+        kept: int,
+        bad: Counter,
+        src_examples: dict[str, list],
+        total_bad: Counter,
+        examples: dict[str, list],
+    ) -> dict[str, Any]:
+        """Check one source's tallies (may stop the run), merge them into the totals and return
+        its entry of the stage stats. Shared by both engines."""
+        self._check(src.spec.label, rows, kept, bad, src_examples)
+        total_bad.update(bad)
+        for reason, items in src_examples.items():
+            room = self.examples - len(examples.setdefault(reason, []))
+            examples[reason].extend(items[: max(room, 0)])
+        return {
+            "source": src.spec.label,
+            "files": len(src.files) if src.kind == "files" else None,
+            "bytes": src.nbytes,
+            "rows": rows,
+            "kept": kept,
+            "bad": dict(bad),
         }
 
     def _check(
