@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["FAKE_SECRET", "S3", "athena_csv", "moto_s3", "parquet_bytes"]
+__all__ = ["FAKE_SECRET", "S3", "athena_csv", "moto_s3", "parquet_bytes", "reset_moto"]
 
 # long enough to be redacted by value (fmlab.utils.secrets) wherever it could leak
 FAKE_SECRET = "fake-secret-for-moto-0123456789"
@@ -30,6 +30,14 @@ class S3:
     options: dict[str, Any]
 
 
+def reset_moto(endpoint: str) -> None:
+    """Empty moto's state. Its backends are global to the process: every moto server of a test
+    session serves the same buckets, so a module that starts one must not see another's."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
+
+
 @contextmanager
 def moto_s3(*buckets: str) -> Iterator[S3]:
     """Start moto's S3 server, point ``AWS_*`` at it (restored afterwards), create ``buckets``."""
@@ -41,6 +49,7 @@ def moto_s3(*buckets: str) -> Iterator[S3]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    reset_moto(endpoint)
     env = {
         "AWS_ACCESS_KEY_ID": "fake-access-key-id",
         "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
@@ -65,6 +74,7 @@ def moto_s3(*buckets: str) -> Iterator[S3]:
         }
         yield S3(endpoint, fs, options)
     finally:
+        reset_moto(endpoint)
         server.stop()
         for key, value in saved.items():
             if value is None:

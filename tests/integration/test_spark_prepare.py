@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
+from tests.s3 import reset_moto
 from tests.unit.data.prep_helpers import random_doc, write_jsonl
 
 from fmlab.config import compose_config
@@ -283,6 +284,7 @@ def s3():
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    reset_moto(f"http://{host}:{port}")  # moto's state is shared by every server in the process
     options = {
         "endpoint_url": f"http://{host}:{port}",
         "key": "testing",
@@ -297,6 +299,7 @@ def s3():
         region_name="us-east-1",
     ).create_bucket(Bucket="corpus")
     yield s3fs.S3FileSystem(skip_instance_cache=True, **options), options
+    reset_moto(options["endpoint_url"])
     server.stop()
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from fmlab.utils.malloc import keep_freed_memory
 
-# Training steps of the `small` preset (batch 8×128): count the minor page faults of 3 steps.
+# Training steps of the `small` preset (batch 8×128): minor page faults per step, in steady state.
 STEPS = """
 import resource, torch
 from fmlab.models import llama
@@ -25,6 +25,7 @@ def faults(n=3):
         step()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // n
 step()
+faults()  # the heap is still growing over the first steps: count only after them
 """
 
 
@@ -32,16 +33,21 @@ def test_training_steps_reuse_freed_memory_without_page_faults():
     if not keep_freed_memory():
         pytest.skip("not glibc")
     assert keep_freed_memory()  # idempotent
+    # Both in fresh single-threaded processes: faults counted inside this (long-lived, busy)
+    # test process also include whatever else it has allocated, and came out noisy under CI.
     env_code = "import os; os.environ['OMP_NUM_THREADS'] = '1'\n"
-    default = subprocess.run(
-        [sys.executable, "-c", env_code + STEPS + "print(faults())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    scope: dict = {}
-    exec(STEPS, scope)  # this process: the settings are in effect
-    tuned = scope["faults"]()
-    print("page faults per step: default", default.stdout.strip(), "tuned", tuned)
-    # measured 7x fewer faults on an idle machine, 2.3x under heavy memory load: ask for 1.5x
-    assert tuned * 1.5 < int(default.stdout)
+    tune = "from fmlab.utils.malloc import keep_freed_memory; keep_freed_memory()\n"
+
+    def measure(prefix: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", env_code + prefix + STEPS + "print(faults(9))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(out.stdout)
+
+    default, tuned = measure(""), measure(tune)
+    print("page faults per step: default", default, "tuned", tuned)
+    # in fresh processes, after warm-up: 5-10x fewer faults measured here; ask for 1.5x
+    assert tuned * 1.5 < default

@@ -9,6 +9,7 @@ import json
 import datasets
 import pandas as pd
 import pytest
+from tests.s3 import reset_moto
 from tests.unit.data.prep_helpers import random_doc
 
 from fmlab.data.pipeline import Dedup, Pack, Split, prepare_dataset
@@ -26,6 +27,7 @@ def s3():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    reset_moto(f"http://{host}:{port}")  # moto's state is shared by every server in the process
     options = {
         "endpoint_url": f"http://{host}:{port}",
         "key": "testing",
@@ -43,6 +45,7 @@ def s3():
     ).create_bucket(Bucket="corpus")
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
     yield fs, options
+    reset_moto(options["endpoint_url"])
     server.stop()
 
 
