@@ -1,0 +1,5 @@
+"""``python -m fmlab.sagemaker``."""
+
+from fmlab.sagemaker.job import main
+
+main()
