@@ -15,7 +15,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["FAKE_SECRET", "S3", "athena_csv", "moto_s3", "parquet_bytes", "reset_moto"]
+__all__ = [
+    "FAKE_SECRET",
+    "S3",
+    "athena_csv",
+    "moto_options",
+    "moto_s3",
+    "parquet_bytes",
+    "reset_moto",
+]
 
 # long enough to be redacted by value (fmlab.utils.secrets) wherever it could leak
 FAKE_SECRET = "fake-secret-for-moto-0123456789"
@@ -36,6 +44,43 @@ def reset_moto(endpoint: str) -> None:
     import urllib.request
 
     urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
+
+
+@contextmanager
+def moto_options(*buckets: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Start moto's S3 server and create ``buckets``; yield an s3fs filesystem and the explicit
+    fsspec options that reach it. The environment is left alone (unlike :func:`moto_s3`):
+    code under test must get the endpoint from the options it is given."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    reset_moto(endpoint)
+    options = {
+        "endpoint_url": endpoint,
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"region_name": "us-east-1"},
+    }
+    try:
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+        yield s3fs.S3FileSystem(skip_instance_cache=True, **options), options
+    finally:
+        reset_moto(endpoint)
+        server.stop()
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
-from tests.s3 import reset_moto
+from tests.s3 import moto_options
 from tests.unit.data.prep_helpers import random_doc, write_jsonl
 
 from fmlab.config import compose_config
@@ -277,30 +277,8 @@ def test_connected_components_of_a_long_chain(spark):
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on a free loopback port, and the fsspec options to reach it."""
-    server_mod = pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    import boto3
-
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    reset_moto(f"http://{host}:{port}")  # moto's state is shared by every server in the process
-    options = {
-        "endpoint_url": f"http://{host}:{port}",
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"region_name": "us-east-1"},
-    }
-    boto3.client(
-        "s3",
-        endpoint_url=options["endpoint_url"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    ).create_bucket(Bucket="corpus")
-    yield s3fs.S3FileSystem(skip_instance_cache=True, **options), options
-    reset_moto(options["endpoint_url"])
-    server.stop()
+    with moto_options("corpus") as served:
+        yield served
 
 
 def test_s3_in_and_out_in_local_mode(spark, s3, tmp_path):

@@ -9,7 +9,7 @@ import json
 import datasets
 import pandas as pd
 import pytest
-from tests.s3 import reset_moto
+from tests.s3 import moto_options
 from tests.unit.data.prep_helpers import random_doc
 
 from fmlab.data.pipeline import Dedup, Pack, Split, prepare_dataset
@@ -22,31 +22,8 @@ s3fs = pytest.importorskip("s3fs")
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on a free loopback port, and the fsspec options to reach it."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    reset_moto(f"http://{host}:{port}")  # moto's state is shared by every server in the process
-    options = {
-        "endpoint_url": f"http://{host}:{port}",
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"region_name": "us-east-1"},
-    }
-    import boto3
-
-    boto3.client(
-        "s3",
-        endpoint_url=options["endpoint_url"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    ).create_bucket(Bucket="corpus")
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
-    yield fs, options
-    reset_moto(options["endpoint_url"])
-    server.stop()
+    with moto_options("corpus") as served:
+        yield served
 
 
 def test_prepare_reads_and_writes_s3(s3, tmp_path):
