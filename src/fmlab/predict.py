@@ -96,16 +96,15 @@ class MultiTask:
             return [{"text": t.strip()} for t in texts]
         out: list[dict[str, Any]] = []
         dummy = 0 if spec.kind == "classification" else 0.0
+        device = next(self.model.parameters()).device
+        head = self.heads[task].to(device)  # once, not per batch
         for start in range(0, len(ids), batch_size):
             rows = [{"input_ids": i, "target": dummy} for i in ids[start : start + batch_size]]
             batch = collate_task(spec, 0, rows, self.tokenizer.pad_token_id, "right")
-            device = next(self.model.parameters()).device
             batch = {
                 k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
             }
-            pred = self.heads[task].to(device)(
-                final_hidden(self.model, batch), batch["attention_mask"]
-            )
+            pred = head(final_hidden(self.model, batch), batch["attention_mask"])
             if spec.kind == "regression":
                 out += [{"value": float(v)} for v in pred.cpu()]
                 continue
