@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import os
@@ -95,3 +97,38 @@ class RankLosses(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"losses_rank{trainer.global_rank}.json"
         path.write_text(json.dumps(self.losses))
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` now (files deleted while walking are skipped)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+class StreamProbe(L.Callback):
+    """For streaming data: the size of ``cache_dir`` before and after every training step (its
+    largest value so far) and a digest of every training row, per step, written to
+    ``<out_dir>/probe_rank<r>.json``."""
+
+    def __init__(self, cache_dir: str, out_dir: str) -> None:
+        self.cache_dir, self.out_dir = Path(cache_dir), Path(out_dir)
+        self.largest, self.samples, self.rows = 0, 0, {}
+
+    def _sample(self) -> None:
+        self.largest = max(self.largest, dir_bytes(self.cache_dir))
+        self.samples += 1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sample()
+        ids = batch["input_ids"].cpu().numpy()
+        self.rows[trainer.global_step] = [hashlib.sha1(r.tobytes()).hexdigest() for r in ids]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._sample()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        probe = {"largest": self.largest, "samples": self.samples, "rows": self.rows}
+        (self.out_dir / f"probe_rank{trainer.global_rank}.json").write_text(json.dumps(probe))

@@ -32,6 +32,7 @@ class PrepareSchema(BaseModel):
     task_name: str
     sources: list[str | SourceSpec] = Field(min_length=1)
     output_dir: str
+    output_format: Literal["arrow", "parquet", "streaming"] = "arrow"
     name: str | None = None
     work_dir: str
     num_proc: Annotated[int, Field(ge=1)] = 1

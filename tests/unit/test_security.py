@@ -90,6 +90,9 @@ def test_redaction_by_key_by_value_and_in_urls(monkeypatch):
     assert out["tokenizer"] == {"vocab_size": 300} and out["tokens_seen"] == 1000
     assert out["hf_token"] is None
     assert redact_text("Bearer tok-4567890") == f"Bearer {REDACTED}"
+    # an override quoted twice, as Hydra writes it to .hydra/overrides.yaml
+    line = "- 'paths.storage_options={key: ab, secret: ''s3cr3t-x'', region: ''eu''}'"
+    assert "s3cr3t" not in redact_text(line) and "''eu''" in redact_text(line)
 
 
 def test_scrub_hydra_files(tmp_path, monkeypatch):

@@ -86,7 +86,8 @@ def secret_values() -> list[str]:
 # `name: value` / `name=value` inside text (CLI overrides, flow-style YAML, JSON)
 _ASSIGNMENT = re.compile(
     r"""(?P<name>["']?[\w.\-]+["']?)(?P<sep>\s*[:=]\s*)"""
-    r"""(?P<value>'[^']*'|"[^"]*"|[^\s,}\]'"]+)"""
+    # ''x'': a quoted value inside a single-quoted YAML string (Hydra's overrides.yaml)
+    r"""(?P<value>''[^']*''|'[^']*'|"[^"]*"|[^\s,}\]'"]+)"""
 )
 
 

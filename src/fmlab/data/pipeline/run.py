@@ -219,6 +219,10 @@ def prepare_dataset(
         )
     if split.params["by"] == "prompt" and kind != "sft":
         raise PrepareError(f"split.by=prompt needs structure.kind=sft (kind is '{kind}')")
+    if write.params["format"] == "streaming" and not isinstance(segment, Pack):
+        raise PrepareError(
+            "output_format=streaming holds token blocks: prepare with prepare/recipe=pretrain"
+        )
     cache_dir, work_dir = str(cache_dir), Path(work_dir).expanduser()
     # resolve every source before reading any: a typo in a path fails in a second
     resolved = [resolve_source(s, storage_options, cache_dir) for s in specs]

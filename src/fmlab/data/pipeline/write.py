@@ -1,11 +1,12 @@
-"""Write stage: the prepared dataset as Arrow (``save_to_disk``) or Parquet shards, published
-without ever exposing a half-written directory, and read back for training.
+"""Write stage: the prepared dataset as Arrow (``save_to_disk``), Parquet shards or litdata
+chunks (streaming), published without ever exposing a half-written directory.
 
 Layout of a prepared dataset::
 
     <output_dir>/
       dataset_dict.json, train/, validation/, test/    (arrow: datasets.load_from_disk(dir))
       train/part-00000.parquet, ...                     (parquet)
+      train/index.json, train/chunk-0-0.bin, ...        (streaming: data=streaming reads it)
       tokenizer/                                        (when segmented)
       card.json, card.md, plots/length_*.png
 
@@ -37,13 +38,16 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "M
 _UNITS["GIB"] = 2**30
 
 
-def _size(text: str | int) -> int:
+def _size(text: str | int, key: str = "write.max_shard_size") -> int:
     if isinstance(text, int):
         return text
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
     if not m or m.group(2).upper() not in _UNITS:
-        raise ValueError(f"write.max_shard_size: expected a size like '500MB', got {text!r}")
+        raise ValueError(f"{key}: expected a size like '500MB', got {text!r}")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+_SIZE = r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$"
 
 
 def is_remote(uri: str) -> bool:
@@ -54,9 +58,12 @@ class Write(Stage):
     """Write the splits, the tokenizer and the data card.
 
     Args:
-        format: ``arrow`` (``datasets.save_to_disk``; ``load_from_disk`` reads it) or ``parquet``.
-        max_shard_size: Largest shard, e.g. ``500MB``.
+        format: ``arrow`` (``datasets.save_to_disk``; ``load_from_disk`` reads it), ``parquet``,
+            or ``streaming`` (token blocks as litdata chunks: :mod:`fmlab.data.streaming`).
+        max_shard_size: Largest shard, e.g. ``500MB`` (arrow, parquet).
         plots: Draw length histograms (PNG) for the card.
+        chunk_bytes: Largest chunk of a streaming dataset: the unit of download and of the
+            local cache (litdata's usual: ``64MB``). Only kept with ``format=streaming``.
     """
 
     name = "write"
@@ -64,12 +71,16 @@ class Write(Stage):
 
     def __init__(
         self,
-        format: Literal["arrow", "parquet"] = "arrow",
-        max_shard_size: Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$")] = "500MB",
+        format: Literal["arrow", "parquet", "streaming"] = "arrow",
+        max_shard_size: Annotated[str, Field(pattern=_SIZE)] = "500MB",
         plots: bool = True,
+        chunk_bytes: Annotated[str, Field(pattern=_SIZE)] = "64MB",
     ) -> None:
         _size(max_shard_size)
-        super().__init__(format=format, max_shard_size=max_shard_size, plots=plots)
+        _size(chunk_bytes, "write.chunk_bytes")
+        # chunk_bytes joins the settings (and the fingerprint) only where it matters
+        streaming = {"chunk_bytes": chunk_bytes} if format == "streaming" else {}
+        super().__init__(format=format, max_shard_size=max_shard_size, plots=plots, **streaming)
 
     def assemble(self, splits: dict[str, Path], tmp: Path) -> dict[str, int]:
         """Write each non-empty split from its Arrow file into ``tmp``; returns rows per split."""
@@ -80,6 +91,12 @@ class Write(Stage):
         present = {
             s: p for s, p in splits.items() if rows[s]
         }  # datasets cannot reload empty splits
+        if self.params["format"] == "streaming":
+            from fmlab.data.streaming.chunks import write_split
+
+            for split, path in present.items():
+                write_split(read_table(path), tmp / split, _size(self.params["chunk_bytes"]))
+            return rows
         if self.params["format"] == "arrow":
             was_off = datasets.utils.are_progress_bars_disabled()
             datasets.disable_progress_bars()
@@ -156,7 +173,7 @@ def publish(tmp: Path, uri: str, storage_options: dict[str, Any] | None = None) 
             fs.rm(card)  # from here on readers see "incomplete" until the new card lands
         fs.rm(root, recursive=True)
     files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != "card.json")
-    for p in files:
-        fs.put_file(str(p), f"{root.rstrip('/')}/{p.relative_to(tmp).as_posix()}")
+    targets = [f"{root.rstrip('/')}/{p.relative_to(tmp).as_posix()}" for p in files]
+    fs.put([str(p) for p in files], targets)  # one call: s3fs uploads them concurrently
     fs.put_file(str(tmp / "card.json"), card)
     shutil.rmtree(tmp, ignore_errors=True)
