@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -270,3 +271,102 @@ def test_rank_shards_are_disjoint_and_cover_the_split(corpus, s3, tmp_path, monk
     assert everything["train"].total() == n
     assert got <= everything["train"] and got.total() == (n // 16) * 16  # the last partial
     # global batch (2 ranks x 8 rows) is dropped, as with data=prepared
+
+
+def _mixture(tmp: Path, options: dict, small_jsonl: Path) -> Any:
+    """The streamed corpus (the domain) with 25% replay of a local one, 8 rows a batch."""
+    from fmlab.data.datamodule import PretrainDataModule
+    from fmlab.data.mixture import MixtureDataModule
+    from fmlab.data.streaming import StreamingDataModule
+
+    new = StreamingDataModule(
+        DATASET, cache_dir=str(tmp), cache_limit=LIMIT, storage_options=options
+    )
+    old = PretrainDataModule(
+        sources=[{"path": str(small_jsonl), "text_field": "body"}],
+        block_size=BLOCK,
+        val_fraction=0.1,
+        test_fraction=0.1,
+        cache_dir=str(tmp),
+        progress=False,
+    )
+    dm = MixtureDataModule({"new": new, "old": old}, domain="new", replay=0.25, batch_size=8)
+    dm.prepare(None)
+    return dm
+
+
+def test_mixture_with_a_streamed_component_keeps_shares_and_resumes(
+    corpus, s3, small_jsonl, tmp_path
+):
+    """Every batch holds exactly 2 replay rows of 8; the loader state saved mid-epoch (through
+    a weights_only checkpoint round trip) continues with the same rows; a streamed component
+    continues into its next epoch from a saved position as it would have read on."""
+    import io
+
+    from fmlab.data.streaming.mixture import _StreamedRows
+
+    _, options = s3
+    dm = _mixture(tmp_path / "a", options, small_jsonl)
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    first = [next(it) for _ in range(5)]
+    buf = io.BytesIO()
+    torch.save(loader.state_dict(), buf)
+    rest = [next(it) for _ in range(5)]
+    assert all(int(b["replay"].sum()) == 2 for b in first + rest)
+    assert dm.rows_taken() == {"new": 60, "old": 20}
+
+    again = _mixture(tmp_path / "b", options, small_jsonl)
+    loader = again.train_dataloader()
+    buf.seek(0)
+    loader.load_state_dict(torch.load(buf, weights_only=True))
+    resumed = [b for _, b in zip(range(5), loader)]
+    for a, b in zip(rest, resumed):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["source"], b["source"])
+
+    stream = _StreamedRows(again.components["new"])
+    n = stream.length
+    read = [stream.row(j)["input_ids"] for j in range(n + 2)]  # through the epoch boundary
+    back = _StreamedRows(again.components["new"])
+    for j in range(n - 1, n + 2):
+        assert torch.equal(back.row(j)["input_ids"], read[j]), j
+    assert not all(torch.equal(read[j], read[n + j]) for j in range(2))  # a new shuffle
+
+
+def test_train_on_a_mixture_with_a_streamed_domain_and_the_forgetting_monitor(
+    corpus, s3, small_jsonl, tmp_path
+):
+    from tests.conftest import run_train
+
+    _, options = s3
+    summary = run_train(
+        tmp_path / "run",
+        "data=mixture",
+        "+data@data.components.web=streaming",  # replace the preset's domain by a stream
+        "~data.components.code",
+        "data.domain=web",
+        f"data.components.web.path={DATASET}",
+        f"data.components.web.cache_limit={LIMIT}",
+        f"data.components.general.sources=[{{path: '{small_jsonl}', text_field: body}}]",
+        f"data.components.general.block_size={BLOCK}",
+        "data.components.general.val_fraction=0.1",
+        "data.components.general.test_fraction=0.1",
+        "data.replay=0.25",
+        "data.batch_size=8",
+        f"paths.storage_options={_options_override(options)}",
+        "callbacks=continual",
+        "callbacks.forgetting.max_batches=2",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=4",
+        "callbacks.checkpoint_last.every_n_train_steps=4",
+        "run_test=false",
+    )
+    run = Path(summary["paths"]["output_dir"])
+    report = json.loads((run / "forgetting" / "report.json").read_text())
+    assert [h["step"] for h in report["history"]] == [0, 4, 8]
+    assert "forget/general/ppl_ratio" in report["final"]
+    assert summary["data"]["mixture"]["shares"] == {"general": 0.25, "web": 0.75}
+    card = json.loads((run / "export" / "fmlab_card.json").read_text())
+    seen = {k: v["tokens_seen"] for k, v in card["data_by_source"].items()}
+    assert seen == {"web": 8 * 6 * BLOCK, "general": 8 * 2 * BLOCK}  # 25% replay, exactly
+    assert summary["tokens_per_s"] > 0 and summary["tokens_seen"] == 8 * 8 * BLOCK

@@ -11,6 +11,9 @@ it implies), which the sampler checkpoints, so resume continues with the exact n
 
 Validation and test are the *domain* component's; the other components' validation splits are
 the *retention sets* the forgetting monitor evaluates (also with replay 0).
+
+Components may be streamed (``data=streaming``): the mixture is then scheduled per rank, with
+the guarantee stated in :mod:`fmlab.data.streaming.mixture`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fmlab.data.datamodule import BlockDataset, PretrainDataModule
 from fmlab.data.loaders import eval_loader, rank_world
+from fmlab.data.streaming import StreamingDataModule
 from fmlab.data.tokenizer import fixed_tokenizer
 
 __all__ = [
@@ -217,7 +221,7 @@ class MixtureDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        components: dict[str, PretrainDataModule],
+        components: dict[str, PretrainDataModule | StreamingDataModule],
         domain: str | None = None,
         replay: Share | None = None,
         weights: dict[str, Annotated[float, Field(ge=0)]] | None = None,
@@ -288,6 +292,10 @@ class MixtureDataModule(L.LightningDataModule):
             raise RuntimeError("MixtureDataModule.prepare(tokenizer_factory) must run before fit")
 
     def train_dataloader(self) -> StatefulDataLoader:
+        if any(isinstance(c, StreamingDataModule) for c in self.components.values()):
+            from fmlab.data.streaming.mixture import streaming_mixture_loader
+
+            return streaming_mixture_loader(self)
         rank, world = rank_world(self)
         parts = [self.components[n]._dataset("train") for n in self.names]
         dataset = MixtureDataset([p for p, _ in parts], self.names.index(self.domain))
@@ -314,6 +322,9 @@ class MixtureDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, split: str) -> DataLoader:
         comp = self.components[name]
+        if isinstance(comp, StreamingDataModule):
+            comp.trainer = getattr(self, "trainer", None)  # its shard of this trainer's ranks
+            return comp.eval_loader(split)
         rank, world = rank_world(self)
         dataset, collate = comp._dataset(split)
         return eval_loader(

@@ -11,8 +11,8 @@ Training order: each epoch permutes the chunks (seed, epoch) and shuffles rows w
 in windows of ``shuffle_window`` rows (0: the whole chunk); every rank (and DataLoader worker)
 reads a disjoint range of that order, full batches only (the remainder is dropped, as with
 ``data=prepared``). The loader's position (epoch, rows yielded) is in the checkpoint, so a
-resumed run continues with the exact next batch. Validation and test are read in order, each
-row by exactly one rank, without padding.
+resumed run continues with the exact next batch. Validation and test are read in order (in the main
+process), each row by exactly one rank, without padding.
 """
 
 from __future__ import annotations
@@ -24,31 +24,39 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import lightning as L
+import numpy as np
 import torch
 from pydantic import Field
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from fmlab.config import ConfigError
+from fmlab.data.datamodule import _collate_documents
 from fmlab.data.loaders import rank_world
 from fmlab.data.splits import SPLITS
 from fmlab.data.streaming.cache import SplitSize, cache_budgets, parse_size
 from fmlab.data.streaming.storage import litdata_options, read_index, split_url
 
-__all__ = ["StreamingDataModule", "collate_rows"]
+__all__ = ["StreamingDataModule", "collate_rows", "row_tensors", "stack_rows"]
 
 log = logging.getLogger(__name__)
 
 
+def row_tensors(row: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """One streamed row (a dict of 1-D arrays) as int64 tensors, as ``BlockDataset`` gives."""
+    return {k: torch.from_numpy(np.asarray(v).astype(np.int64)) for k, v in row.items()}
+
+
+def stack_rows(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A batch of rows; ``seq_ids`` (``document_mask`` datasets) become the 4-D mask."""
+    if "seq_ids" in rows[0]:
+        return _collate_documents(rows)
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def collate_rows(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack rows (dicts of 1-D arrays) into int64 tensors; ``seq_ids`` become the 4-D mask."""
-    import numpy as np
-
-    batch = {k: torch.from_numpy(np.stack([r[k] for r in rows]).astype(np.int64)) for k in rows[0]}
-    if "seq_ids" in batch:
-        from fmlab.data.sft import packed_attention_mask
-
-        batch["attention_mask"] = packed_attention_mask(batch.pop("seq_ids"))  # (B, 1, T, T)
-    return batch
+    """The training/evaluation batch of streamed rows."""
+    return stack_rows([row_tensors(r) for r in rows])
 
 
 def _loader_class() -> type:
@@ -182,6 +190,7 @@ class StreamingDataModule(L.LightningDataModule):
         extra = ["seq_ids", "position_ids"] if card["segment"].get("document_mask") else []
         self.columns = {"train": ["input_ids", *extra]}
         self.tokenizer = pretrained(name_or_path=str(self._fetch_tokenizer(card)))
+        self._check_tokenizer(tokenizer_factory)
         self.stats = {
             "sources": [s["source"] for s in card["sources"]],
             "path": self.path,
@@ -204,6 +213,20 @@ class StreamingDataModule(L.LightningDataModule):
                     f"need at least {minimum}"
                 )
         return self.tokenizer
+
+    def _check_tokenizer(self, factory: Any) -> None:
+        """A run that fixes the tokenizer (a mixture's other components, ``init_from``) needs
+        this dataset tokenized with that very tokenizer: its token ids are stored."""
+        from fmlab.data.tokenizer import tokenizer_fingerprint
+
+        want = (getattr(factory, "keywords", None) or {}).get("content")
+        have = tokenizer_fingerprint(self.tokenizer)
+        if want is not None and want != have:
+            raise ConfigError(
+                f"data.path={self.path}: tokenized with another tokenizer ({have}) than this run "
+                f"uses ({want}); prepare it with tokenizer=pretrained tokenizer.name_or_path=<the "
+                "run's tokenizer> (with init_from: the base model's)"
+            )
 
     def _fetch_tokenizer(self, card: dict[str, Any]) -> Path:
         """A local copy of ``<path>/tokenizer`` (small), keyed by the dataset's fingerprint."""
@@ -281,14 +304,13 @@ class StreamingDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def eval_loader(self, split: str) -> Any:
-        """``split`` in order, each row on exactly one rank (the last rank takes the rest)."""
-        from litdata import StreamingDataLoader
-
-        return StreamingDataLoader(
+    def eval_loader(self, split: str) -> DataLoader:
+        """``split`` in order, each row on exactly one rank: ``N div world`` rows each, the last
+        rank also the remainder. A plain loader: litdata's would hand out whole batches, so a
+        split smaller than ``world`` batches would leave ranks without any."""
+        return DataLoader(
             self.dataset(split, shuffle=False, drop_last=False),
             batch_size=self.eval_batch_size,
-            num_workers=self.num_workers,
             collate_fn=collate_rows,
             pin_memory=self.pin_memory,
         )
