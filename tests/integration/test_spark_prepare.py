@@ -336,3 +336,64 @@ def test_s3_in_and_out_in_local_mode(spark, s3, tmp_path):
     )
     dm.prepare(None)
     assert dm.blocks["train"].shape[1] == 16 and len(dm.blocks["train"]) > 0
+
+
+def _stream_rows(path: Path, split: str) -> list[dict]:
+    from litdata import StreamingDataset
+
+    return [{k: v.tolist() for k, v in row.items()} for row in StreamingDataset(str(path / split))]
+
+
+def test_streaming_output_packed_on_spark_equals_the_single_machine_one(prepared, tmp_path):
+    """engine=spark output_format=streaming tokenizes and packs on the executors, one task per
+    part of the records, and blocks run across parts (the records are cut into three parts per
+    split here, as a cluster writes them): every split's rows, in order, are those written on
+    one machine, with document masks and sliding-window evaluation rows."""
+    pytest.importorskip("litdata")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root, _, _, _ = prepared
+    records = tmp_path / "records"
+    shutil.copytree(root / "spark", records)  # the records and their card (up to date)
+    for split in SPLITS:
+        files = sorted((records / split).glob("*.parquet"))
+        table = pa.concat_tables([pq.read_table(f) for f in files])
+        for f in files:
+            f.unlink()
+        cuts = [0, table.num_rows // 3, 2 * table.num_rows // 3, table.num_rows]
+        for i in range(3):
+            part = table.slice(cuts[i], cuts[i + 1] - cuts[i])
+            pq.write_table(part, records / split / f"part-{i:05d}-test.snappy.parquet")
+    common = [
+        *[
+            o
+            for o in _overrides(root)
+            if o not in ("prepare/recipe=records", "write.format=parquet")
+        ],
+        "output_format=streaming",
+        "write.chunk_bytes=1KB",
+        "segment.block_size=16",
+        "segment.document_mask=true",
+        "segment.eval_stride=8",
+        "tokenizer.vocab_size=300",
+    ]
+    one = prepare(
+        compose_config(
+            "prepare", [*common, f"output_dir={tmp_path / 'one'}"], output_dir=tmp_path / "r1"
+        )
+    )
+    spark_overrides = ["engine=spark", f"spark.records_dir={records}"]
+    two = prepare(
+        compose_config(
+            "prepare",
+            [*common, *spark_overrides, f"output_dir={tmp_path / 'two'}"],
+            output_dir=tmp_path / "r2",
+        )
+    )
+    assert two["engine"]["records"] == str(records) and two["engine"]["name"] == "spark"
+    assert two["splits"] == one["splits"] and one["splits"]["train"]["rows"] > 0
+    for split in SPLITS:
+        assert _stream_rows(tmp_path / "two", split) == _stream_rows(tmp_path / "one", split), split
+    chunks = {p.name.split("-")[1] for p in (tmp_path / "two" / "train").glob("chunk-*.bin")}
+    assert chunks == {"0", "1", "2"}  # each part wrote its own chunks

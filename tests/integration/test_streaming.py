@@ -150,13 +150,13 @@ def _kill_and_resume(tmp: Path, options: dict, plan: dict, *extra: str) -> tuple
     env = {**os.environ}
     full, killed, resumed = tmp / "full", tmp / "killed", tmp / "resumed"
     args = _plan(plan, *extra)
+    log = (tmp / "full.log").open("w")
     reference = subprocess.Popen(
         _train_cmd(full, tmp / "cache-full", options, *args),
         env=env,
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     victim = subprocess.Popen(
         _train_cmd(killed, tmp / "cache-killed", options, *args),
@@ -173,8 +173,9 @@ def _kill_and_resume(tmp: Path, options: dict, plan: dict, *extra: str) -> tuple
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=60)
     assert victim.returncode == -signal.SIGKILL
-    _, err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, err[-3000:]
+    reference.wait(timeout=600)
+    log.close()
+    assert reference.returncode == 0, (tmp / "full.log").read_text()[-6000:]
     proc = subprocess.run(
         _train_cmd(resumed, tmp / "cache-killed", options, *args, f"ckpt_path={killed}"),
         env=env,

@@ -7,7 +7,9 @@ the layout of ``fmlab-prepare prepare/recipe=records write.format=parquet``. Whe
 a segment stage (the default ``pretrain`` recipe tokenizes and packs), the records go to
 ``spark.records_dir`` and the single-machine pipeline tokenizes and packs them into
 ``output_dir`` (re-deriving the same split of every record from its content hash), so
-``data=prepared data.path=<output_dir>`` trains on it as on any fmlab-prepare output.
+``data=prepared data.path=<output_dir>`` trains on it as on any fmlab-prepare output. With
+``output_format=streaming`` the executors tokenize and pack too (:mod:`fmlab.data.streaming.spark`):
+the corpus never passes through one machine.
 """
 
 from __future__ import annotations
@@ -139,6 +141,15 @@ def prepare_on_spark(
         )  # fmt: skip
     if segment is None:
         return {**card, "path": output_dir, "up_to_date": not fresh}
+    if write.params["format"] == "streaming":  # tokenized and packed on the executors too
+        from fmlab.data.streaming.spark import pack_on_spark
+
+        return pack_on_spark(
+            spark, card, records_dir, output_dir, kind=structure.kind, segment=segment,
+            write=write, tokenizer=tokenizer, work_dir=str(work_dir), cache_dir=str(cache_dir),
+            storage_options=storage_options, tokenizer_train_docs=tokenizer_train_docs,
+            name=name, force=force,
+        )  # fmt: skip
     return _tokenize_here(
         card, records_dir, output_dir, structure, split, segment, write, tokenizer,
         dict(work_dir=work_dir, cache_dir=cache_dir, num_proc=num_proc, batch_size=batch_size,

@@ -181,7 +181,7 @@ class StreamingDataModule(L.LightningDataModule):
         self.block_size = size
         indexes = {s: read_index(self.path, s, self.storage_options) for s in SPLITS}
         self.sizes = {s: SplitSize(i) for s, i in indexes.items() if i is not None}
-        self.budgets = cache_budgets(self.cache_limit, self.sizes)
+        self.budgets = cache_budgets(self.cache_limit, self.sizes)  # checked early: 1 reader
         # A run killed mid-download leaves partial files and chunks it had read but not yet
         # deleted, which litdata would neither count nor evict. Every rank gets here before any
         # reads (the process group forms after preparation), so starting empty is safe; it
@@ -259,6 +259,12 @@ class StreamingDataModule(L.LightningDataModule):
         from litdata import StreamingDataset
         from litdata.utilities.env import _DistributedEnv
 
+        rank, world = rank_world(self)
+        trainer = getattr(self, "trainer", None)
+        nodes = max(1, trainer.num_nodes) if trainer is not None else 1
+        # every rank of this machine reads the split at once; for training each worker too
+        readers = max(1, world // nodes) * (max(1, self.num_workers) if split == "train" else 1)
+        self.budgets[split] = cache_budgets(self.cache_limit, self.sizes, readers)[split]
         options, session = litdata_options(self.storage_options)
         quiet = logging.getLogger("litdata.streaming.dataset")
         level = quiet.level
@@ -280,16 +286,14 @@ class StreamingDataModule(L.LightningDataModule):
             )
         finally:
             quiet.setLevel(level)
-        rank, world = rank_world(self)
         env = ds.distributed_env  # litdata reads rank/world from torch.distributed or WORLD_SIZE
         if (env.world_size, env.global_rank) != (world, rank):
             raise RuntimeError(
                 f"litdata sees rank {env.global_rank} of {env.world_size}, the trainer rank "
                 f"{rank} of {world}: shards would overlap (WORLD_SIZE/GLOBAL_RANK set wrongly?)"
             )
-        trainer = getattr(self, "trainer", None)
         if trainer is not None:  # its node count is a guess on CPU nodes; the trainer knows
-            ds.distributed_env = _DistributedEnv(world, rank, max(1, trainer.num_nodes))
+            ds.distributed_env = _DistributedEnv(world, rank, nodes)
         return ds
 
     def train_dataloader(self) -> Any:
