@@ -68,7 +68,7 @@ def test_cache_budgets_keep_the_directory_under_the_limit():
     assert streamed["validation"] < big["validation"].bytes
     with pytest.raises(ConfigError, match=r"write\.chunk_bytes"):
         cache_budgets(parse_size("60KB"), sizes)
-    with pytest.raises(ConfigError, match="data.cache_limit='lots'"):
+    with pytest.raises(ConfigError, match="data.cache_limit: expected a size"):
         parse_size("lots")
 
 

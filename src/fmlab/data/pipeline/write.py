@@ -35,7 +35,7 @@ from fmlab.data.pipeline.records import PrepareError
 __all__ = ["Write", "is_remote", "load_card", "publish"]
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20}
-_UNITS["GIB"] = 2**30
+_UNITS |= {"GIB": 2**30, "TB": 10**12, "TIB": 2**40}
 
 
 def _size(text: str | int, key: str = "write.max_shard_size") -> int:

@@ -24,21 +24,17 @@ from fmlab.config import ConfigError
 
 __all__ = ["SplitSize", "cache_budgets", "parse_size"]
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 _EVAL_SHARE = 4  # eval splits cached whole when they fit in limit / 4
 
 
 def parse_size(text: str | int, key: str = "data.cache_limit") -> int:
-    """``"2GB"`` → 2·10⁹ (also KB, MB, TB, KiB, MiB, GiB, TiB; a bare integer is bytes)."""
-    import re
+    """``"2GB"`` → 2·10⁹ (KB, MB, GB, TB and KiB, MiB, GiB, TiB; a bare integer is bytes)."""
+    from fmlab.data.pipeline.write import _size
 
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
-    if not m or m.group(2).upper() not in _UNITS:
-        raise ConfigError(f"{key}={text!r}: expected a size such as 2GB, 500MB or 512MiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    try:
+        return _size(text, key)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 class SplitSize:
