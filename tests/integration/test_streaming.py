@@ -177,7 +177,8 @@ def _kill_and_resume(tmp: Path, options: dict, plan: dict, *extra: str) -> tuple
     log.close()
     assert reference.returncode == 0, (tmp / "full.log").read_text()[-6000:]
     proc = subprocess.run(
-        _train_cmd(resumed, tmp / "cache-killed", options, *args, f"ckpt_path={killed}"),
+        # another cache directory: as on another machine (litdata's state names its cache)
+        _train_cmd(resumed, tmp / "cache-resumed", options, *args, f"ckpt_path={killed}"),
         env=env,
         cwd=ROOT,
         capture_output=True,
