@@ -102,7 +102,7 @@ def _train_cmd(run_dir: Path, cache: Path, options: dict, *extra: str) -> list[s
         f"paths.storage_options={_options_override(options)}",
         f"paths.cache_dir={cache}",
         "scheduler=constant",
-        "trainer.val_check_interval=6",
+        "trainer.val_check_interval=12",  # at the end only
         "+model.attention_dropout=0.1",  # the resumed run must also restore the global RNG
         "export.hf=false",
         "run_test=false",
@@ -208,6 +208,7 @@ def _limit_bytes() -> int:
     return parse_size(LIMIT)
 
 
+@pytest.mark.timeout(900)  # three runs, two of them side by side, on a machine shared with CI
 def test_one_process_streams_under_the_cache_limit_and_resumes_exactly(corpus, s3, tmp_path):
     fs, options = s3
     assert fs.du(f"{DATASET}/train") > 4 * _limit_bytes()  # several times the cache limit
@@ -230,6 +231,7 @@ def test_one_process_streams_under_the_cache_limit_and_resumes_exactly(corpus, s
                 assert FAKE_SECRET not in path.read_text(errors="ignore"), path
 
 
+@pytest.mark.timeout(900)
 def test_two_ddp_processes_read_disjoint_rows_and_resume_exactly(corpus, s3, tmp_path):
     _, options = s3
     full, killed, resumed = _kill_and_resume(tmp_path, options, TWO, "trainer=ddp_cpu")

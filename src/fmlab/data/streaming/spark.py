@@ -18,6 +18,8 @@ are those of ``fmlab-prepare output_format=streaming`` on one machine. Sliding-w
 validation/test rows (``segment.eval_stride``) never cross documents: each part writes its own.
 The tokenizer is trained on the driver from the training records (at most
 ``tokenizer_train_docs`` of them), or loaded (``tokenizer=pretrained``: nothing is read there).
+A local ``output_dir`` must be on a filesystem the executors share (in local mode: this machine);
+an ``s3://`` one is written by the executors through fsspec.
 """
 
 from __future__ import annotations
