@@ -26,6 +26,7 @@ from typing import Annotated, Any
 import lightning as L
 import numpy as np
 import torch
+from filelock import FileLock
 from pydantic import Field
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
@@ -230,8 +231,6 @@ class StreamingDataModule(L.LightningDataModule):
 
     def _fetch_tokenizer(self, card: dict[str, Any]) -> Path:
         """A local copy of ``<path>/tokenizer`` (small), keyed by the dataset's fingerprint."""
-        from filelock import FileLock
-
         from fmlab.utils.remote import is_remote, open_fs
 
         if not is_remote(self.path):
@@ -271,19 +270,25 @@ class StreamingDataModule(L.LightningDataModule):
         # its warnings here: a cache under 25GB (sized by data.cache_limit on purpose) and
         # drop_last=False under DDP (evaluation: every row on exactly one rank, on purpose)
         quiet.setLevel(logging.ERROR)
+        # litdata sets up <cache>/<URL hash>/<version>/ and deletes a hash directory holding
+        # anything else: ranks of one machine doing this at once can delete each other's fresh
+        # directory, so they take turns (constructing and get_len create it).
+        self.streaming_cache.mkdir(parents=True, exist_ok=True)
         try:
-            ds = StreamingDataset(
-                split_url(self.path, split),
-                cache_dir=str(self.streaming_cache),
-                shuffle=shuffle,
-                drop_last=drop_last,
-                seed=self.seed,
-                max_cache_size=self.budgets[split],
-                storage_options=options,
-                session_options=session,
-                max_pre_download=self.prefetch_chunks,
-                item_shuffle_window=self.shuffle_window,
-            )
+            with FileLock(str(self.streaming_cache) + ".lock"):
+                ds = StreamingDataset(
+                    split_url(self.path, split),
+                    cache_dir=str(self.streaming_cache),
+                    shuffle=shuffle,
+                    drop_last=drop_last,
+                    seed=self.seed,
+                    max_cache_size=self.budgets[split],
+                    storage_options=options,
+                    session_options=session,
+                    max_pre_download=self.prefetch_chunks,
+                    item_shuffle_window=self.shuffle_window,
+                )
+                ds.get_len(1, 1)
         finally:
             quiet.setLevel(level)
         env = ds.distributed_env  # litdata reads rank/world from torch.distributed or WORLD_SIZE
