@@ -16,12 +16,17 @@ Everything is read from files (``ast``, ``yaml``); nothing of fmlab is imported.
 from __future__ import annotations
 
 import ast
-import tomllib
+import sys
 from pathlib import Path
 
 import yaml
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the docs extra installs tomli there
+    import tomli as tomllib
 
 PRIMARY = ("train", "eval", "prepare", "generate", "predict")  # conf/<name>.yaml entry points
 
@@ -137,7 +142,7 @@ def _defaults(path: Path) -> list[tuple[str, str]]:
     pairs = []
     for item in node.get("defaults", []):
         if isinstance(item, dict):
-            (group, choice), = item.items()
+            ((group, choice),) = item.items()
             pairs.append((str(group), str(choice)))
     return pairs
 
