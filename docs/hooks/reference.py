@@ -16,6 +16,7 @@ Everything is read from files (``ast``, ``yaml``); nothing of fmlab is imported.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -74,36 +75,57 @@ def _groups(conf: Path) -> dict[str, list[Path]]:
     return groups
 
 
-def _target(path: Path) -> str:
+def _target(path: Path, group: str) -> str:
+    """The ``_target_`` an option builds: at its top, or under its group's key (``@package
+    _global_`` files such as ``method``)."""
     try:
         node = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         return ""
-    return str(node.get("_target_", "")) if isinstance(node, dict) else ""
+    if not isinstance(node, dict):
+        return ""
+    inner = node.get(group.split("/")[-1])
+    if "_target_" not in node and isinstance(inner, dict):
+        node = inner
+    return str(node.get("_target_", ""))
+
+
+def _describe(header: str) -> list[str]:
+    """A header comment as Markdown: prose as a paragraph, indented usage lines as a code block."""
+    prose = [line for line in header.splitlines() if line and not line.startswith(" ")]
+    usage = [line.strip() for line in header.splitlines() if line.startswith(" ")]
+    out = [" ".join(prose), ""] if prose else []
+    if usage:
+        out += ["```bash", *usage, "```", ""]
+    return out
 
 
 def _group_page(group: str, options: list[Path], root: Path) -> str:
+    global_ = any("# @package _global_" in p.read_text() for p in options)
+    values = (
+        "its options set keys anywhere in the config (`@package _global_`)"
+        if global_
+        else f"set a value with `{group.split('/')[0]}.<key>=<value>`"
+    )
     out = [
-        f"# Config group `{group}`",
+        f"# `{group}`",
         "",
-        f"Generated from `conf/{group}/` when the site is built. Choose an option with "
-        f"`{group}=<option>`; set a value with `{group.split('/')[0]}.<key>=<value>` "
+        f"The config group `conf/{group}/`, generated when the site is built. Choose an option "
+        f"with `{group}=<option>`; {values} "
         "(see [the config tree](../../concepts/config-tree.md)).",
         "",
         "| option | what it is | builds |",
         "|---|---|---|",
     ]
     for path in options:
-        target = _target(path)
+        target = _target(path, group)
         out.append(
             f"| [`{path.stem}`](#{path.stem}) | {_cell(_first_sentence(_header(path)))} "
             f"| {'`' + target + '`' if target else ''} |"
         )
     for path in options:
         out += ["", f"## `{path.stem}` {{#{path.stem}}}", ""]
-        header = _header(path)
-        if header:
-            out += ["```text", header, "```", ""]
+        out += _describe(_header(path))
         out.append(_yaml_block(path, root))
     return "\n".join(out) + "\n"
 
@@ -130,6 +152,34 @@ def _slug(group: str) -> str:
 
 def _docstring(path: Path) -> str:
     return ast.get_docstring(ast.parse(path.read_text())) or ""
+
+
+def _doc_markdown(doc: str, indent: int = 4) -> list[str]:
+    """A docstring as Markdown: reST literals and roles as code; lines indented by ``indent``
+    that start a paragraph (or, with ``indent=2``, any such line: shell headers) as code."""
+    doc = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", doc).replace("``", "`")
+    out: list[str] = []
+    prose: list[str] = []
+    code: list[str] = []
+    for line in [*doc.splitlines(), ""]:
+        if line.startswith(" " * indent) and (not prose or indent == 2):
+            if prose:
+                out += [" ".join(prose), ""]
+                prose = []
+            code.append(line.strip())
+            continue
+        if code:
+            out += ["```bash", *code, "```", ""]
+            code = []
+        if re.match(r"^(\d+\.|-) ", line) and prose:  # a list item starts a new paragraph
+            out += [" ".join(prose), ""]
+            prose = []
+        if line.strip():
+            prose.append(line.strip())
+        elif prose:
+            out += [" ".join(prose), ""]
+            prose = []
+    return out
 
 
 def _module_file(src: Path, module: str) -> Path:
@@ -169,8 +219,7 @@ def _entry_points(root: Path, groups: dict[str, list[Path]]) -> str:
         module = target.split(":")[0]
         conf = module.rsplit(".", 1)[-1]
         out += ["", f"## `{name}` {{#{name}}}", ""]
-        doc = _docstring(_module_file(root / "src", module))
-        out += ["```text", doc, "```", ""] if doc else []
+        out += _doc_markdown(_docstring(_module_file(root / "src", module)))
         if conf not in PRIMARY:
             continue
         path = root / "conf" / f"{conf}.yaml"
@@ -182,18 +231,19 @@ def _entry_points(root: Path, groups: dict[str, list[Path]]) -> str:
                 options = groups.get(group, [])
                 link = f"[`{group}`](config/{_slug(group)}.md)" if options else f"`{group}`"
                 names = ", ".join(f"`{p.stem}`" for p in options)
-                out.append(f"| {link} | `{choice}` | {names} |")
+                shown = "null" if choice == "None" else choice
+                out.append(f"| {link} | `{shown}` | {names} |")
             out.append("")
         out.append(_yaml_block(path, root, f"conf/{conf}.yaml: every option, with its comment"))
     out += ["", "## Scripts", "", "Helpers in `scripts/` (run from a checkout).", ""]
     for path in sorted((root / "scripts").iterdir()):
         if path.suffix == ".py":
-            doc = _docstring(path)
+            text = _doc_markdown(_docstring(path) or "(no description)")
         elif path.suffix in (".sh", ".sbatch"):
-            doc = _header_sh(path)
+            text = _doc_markdown(_header_sh(path) or "(no description)", indent=2)
         else:
             continue
-        out += [f"### `scripts/{path.name}`", "", "```text", doc or "(no description)", "```", ""]
+        out += [f"### `scripts/{path.name}`", "", *text]
     return "\n".join(out) + "\n"
 
 
