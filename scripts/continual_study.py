@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fmlab.config import compose_config
 from fmlab.evaluation.continual_study import run_variants, write_study
+from fmlab.evaluation.seeds import train_once
 from fmlab.modules.schedules import constant_factor, cosine_factor, wsd_factor
-from fmlab.train import train
 
-QUIET = ["print_config=false", "callbacks.progress_bar=null"]
 VARIANTS = {
     "replay 0%": ["data.replay=0"],
     "replay 5%": ["data.replay=0.05"],
@@ -75,20 +73,12 @@ def main() -> None:
     base = args.base
     if base is None:
         base = str(args.runs / "base")
-        if not (Path(base) / "summary.json").is_file():
-            cfg = compose_config(
-                "train",
-                ["experiment=pretrain_tiny", f"trainer.max_steps={args.base_steps}", *QUIET],
-                output_dir=base,
-            )
-            train(cfg)
+        train_once(Path(base), ["experiment=pretrain_tiny", f"trainer.max_steps={args.base_steps}"])
     variants = VARIANTS
     if args.variants:
         variants = dict(v.split("=", 1) for v in args.variants)
         variants = {k: v.split(",") for k, v in variants.items()}
-    reports = run_variants(
-        base, args.runs, variants, args.seeds, overrides=[*QUIET, *args.overrides]
-    )
+    reports = run_variants(base, args.runs, variants, args.seeds, overrides=args.overrides)
     meta = {"base": base, "seeds": args.seeds, "variants": variants, "overrides": args.overrides}
     print(write_study(reports, args.out, meta))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fmlab.config import compose_config
 from fmlab.evaluation.method_study import (
     METHODS,
     evaluate_chosen,
@@ -23,7 +22,7 @@ from fmlab.evaluation.method_study import (
     summarize,
     write_study,
 )
-from fmlab.train import train
+from fmlab.evaluation.seeds import default_base
 
 
 def main() -> None:
@@ -37,10 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     base = args.base
     if base is None:  # the default pre-trained model (fmlab-train with no arguments)
-        base = str(args.runs / "base" / "export")
-        if not (args.runs / "base" / "summary.json").is_file():
-            quiet = ["print_config=false", "callbacks.progress_bar=null", "run_test=false"]
-            train(compose_config("train", quiet, output_dir=args.runs / "base"))
+        base = default_base(args.runs)
     methods = METHODS
     if args.methods:
         methods = {m: int(s) for m, s in (x.split("=", 1) for x in args.methods)}

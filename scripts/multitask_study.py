@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fmlab.config import compose_config
 from fmlab.evaluation.multitask_study import run_study, write_study
-from fmlab.train import train
+from fmlab.evaluation.seeds import default_base
 
 
 def main() -> None:
@@ -33,10 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     base = args.base
     if base is None:  # the default pre-trained model (fmlab-train with no arguments)
-        base = str(args.runs / "base" / "export")
-        if not (args.runs / "base" / "summary.json").is_file():
-            quiet = ["print_config=false", "callbacks.progress_bar=null", "run_test=false"]
-            train(compose_config("train", quiet, output_dir=args.runs / "base"))
+        base = default_base(args.runs)
     metrics = {"logic": "exact_match", "topic": "accuracy", "count": "pearson"}
     metrics.update(dict(m.split("=", 1) for m in args.metric))
     per_seed = [

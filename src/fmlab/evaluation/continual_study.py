@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fmlab.callbacks.forgetting import comparison_rows
-from fmlab.evaluation.seeds import aggregate, band, fmt, separated
+from fmlab.evaluation.seeds import aggregate, band, fmt, separated, train_once
 
 __all__ = ["COLUMNS", "aggregate_rows", "plot_seeds", "run_variants", "table", "write_study"]
 
@@ -56,7 +56,7 @@ def run_variants(
         overrides: Extra overrides for every run.
         train_fn: ``train_fn(run_dir, overrides)`` (default: in-process fmlab-train).
     """
-    train_fn = train_fn or _train_in_process
+    train_fn = train_fn or train_once
     reports: dict[str, list[dict[str, Any]]] = {}
     for seed in seeds:
         for label, extra in variants.items():
@@ -67,14 +67,6 @@ def run_variants(
                 train_fn(run, [*cfg, *extra, *overrides])
             reports.setdefault(label, []).append(json.loads(report.read_text()))
     return reports
-
-
-def _train_in_process(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    from fmlab.config import compose_config
-    from fmlab.train import train
-
-    quiet = ["print_config=false", "callbacks.progress_bar=null"]
-    return train(compose_config("train", [*quiet, *overrides], output_dir=run_dir))
 
 
 def aggregate_rows(reports: Mapping[str, Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:

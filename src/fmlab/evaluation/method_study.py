@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fmlab.evaluation.seeds import aggregate, band, fmt, separated
+from fmlab.evaluation.seeds import aggregate, band, fmt, separated, train_once
 
 __all__ = ["METHODS", "evaluate_chosen", "plot_curves", "run_methods", "summarize", "write_study"]
 
@@ -43,7 +43,7 @@ def run_methods(
         overrides: Extra overrides for every run.
         train_fn: ``train_fn(run_dir, overrides) -> summary`` (default: in-process fmlab-train).
     """
-    train_fn = train_fn or _train_in_process
+    train_fn = train_fn or train_once
     out: dict[str, list[dict[str, Any]]] = {}
     for seed in seeds:
         for method, steps in methods.items():
@@ -58,17 +58,6 @@ def run_methods(
             ]
             out.setdefault(method, []).append(train_fn(runs / method / f"seed{seed}", cfg))
     return out
-
-
-def _train_in_process(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    from fmlab.config import compose_config
-    from fmlab.train import train
-
-    done = run_dir / "summary.json"
-    if done.is_file() and json.loads(done.read_text()).get("status", "ok") == "ok":
-        return json.loads(done.read_text())
-    quiet = ["print_config=false", "callbacks.progress_bar=null"]
-    return train(compose_config("train", [*quiet, *overrides], output_dir=run_dir))
 
 
 def summarize(results: Mapping[str, Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fmlab.evaluation.seeds import aggregate, fmt
+from fmlab.evaluation.seeds import aggregate, fmt, train_once
 
 __all__ = [
     "CONDITIONS",
@@ -72,7 +72,7 @@ def run_study(
         train_fn: ``train_fn(run_dir, overrides) -> summary`` (default: in-process fmlab-train).
     """
     if train_fn is None:
-        train_fn = _train_in_process
+        train_fn = train_once
     if seed is not None:
         runs, overrides = runs / f"seed{seed}", [f"seed={seed}", *overrides]
     common = [
@@ -102,17 +102,6 @@ def run_study(
     ]
     out["sequential"] = train_fn(runs / "sequential", [*common, *sequential])
     return {k: {m: v for m, v in s.items() if not isinstance(v, dict)} for k, s in out.items()}
-
-
-def _train_in_process(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    from fmlab.config import compose_config
-    from fmlab.train import train
-
-    done = run_dir / "summary.json"
-    if done.is_file() and json.loads(done.read_text()).get("status", "ok") == "ok":
-        return json.loads(done.read_text())
-    quiet = ["print_config=false", "callbacks.progress_bar=null"]
-    return train(compose_config("train", [*quiet, *overrides], output_dir=run_dir))
 
 
 def forgetting_rows(

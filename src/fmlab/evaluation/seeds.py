@@ -8,13 +8,15 @@ than the seed spread when their ``mean ± std`` intervals do not overlap
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from fmlab.evaluation.report import mean_std
 
-__all__ = ["Stat", "aggregate", "band", "fmt", "separated"]
+__all__ = ["Stat", "aggregate", "band", "default_base", "fmt", "separated", "train_once"]
 
 Stat = tuple[float, float, int]  # (mean, sample std, n)
 
@@ -48,3 +50,26 @@ def band(curves: Sequence[tuple[Sequence[int], Sequence[float]]]) -> tuple[list,
     lookup = [dict(zip(s, v, strict=True)) for s, v in curves]
     stats = [mean_std(d[step] for d in lookup) for step in common]
     return common, [m for m, _, _ in stats], [s for _, s, _ in stats]
+
+
+def train_once(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """``fmlab-train`` in this process into ``run_dir``, unless a finished run is already there.
+
+    A study re-run with more seeds (or after an interruption) reuses every finished run: one
+    whose ``summary.json`` says ``ok``.
+    """
+    done = Path(run_dir) / "summary.json"
+    if done.is_file() and json.loads(done.read_text()).get("status", "ok") == "ok":
+        return json.loads(done.read_text())
+    from fmlab.config import compose_config
+    from fmlab.train import train
+
+    quiet = ["print_config=false", "callbacks.progress_bar=null"]
+    return train(compose_config("train", [*quiet, *overrides], output_dir=run_dir))
+
+
+def default_base(runs: Path) -> str:
+    """The default pre-trained model (``fmlab-train`` with no arguments) in ``runs/base``;
+    returns its export directory."""
+    train_once(Path(runs) / "base", ["run_test=false"])
+    return str(Path(runs) / "base" / "export")
