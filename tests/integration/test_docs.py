@@ -133,6 +133,7 @@ def _has_module(name: str) -> bool:
 
 # ------------------------------------------------------------------ runnable blocks
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a few tiny runs per page; generous for a loaded 2-core CI machine
 @pytest.mark.parametrize("page", _pages_with_blocks(), ids=lambda p: p.relative_to(DOCS).as_posix())
 def test_runnable_blocks(page: Path, tmp_path: Path, cache_dir: Path):
     scratch = tmp_path / "work"
@@ -156,7 +157,7 @@ def test_runnable_blocks(page: Path, tmp_path: Path, cache_dir: Path):
             env={**env, "FMLAB_DOCS_EXTRA": extra},
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=1500,
         )
         where = f"{page.relative_to(ROOT)}, runnable block {n}:\n{script}\n"
         assert proc.returncode == 0, where + (proc.stdout + proc.stderr)[-5000:]
