@@ -7,8 +7,6 @@
   ``conf/``, each choice with its header comment, its ``_target_`` and the whole file.
 - ``reference/api/index.md`` and ``reference/api/<module>.md``: one mkdocstrings page per public
   module of ``fmlab`` (the docstrings, read statically by griffe).
-- ``tutorials/notebooks/*.ipynb``: the notebooks of ``notebooks/``, rendered by mkdocs-jupyter
-  without executing them (they are stored without outputs; the test suite executes them).
 
 Everything is read from files (``ast``, ``yaml``); nothing of fmlab is imported.
 """
@@ -21,7 +19,6 @@ import sys
 from pathlib import Path
 
 import yaml
-from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 if sys.version_info >= (3, 11):
@@ -295,7 +292,6 @@ def _api_pages(src: Path) -> dict[str, str]:
     return pages
 
 
-@event_priority(50)  # before mkdocs-jupyter, which converts the notebooks added here
 def on_files(files: Files, config) -> Files:
     root = _root(config)
     groups = _groups(root / "conf")
@@ -310,9 +306,6 @@ def on_files(files: Files, config) -> Files:
     }
     for uri, content in pages.items():
         files.append(File.generated(config, uri, content=content))
-    for nb in sorted((root / "notebooks").glob("*.ipynb")):
-        uri = f"tutorials/notebooks/{nb.name}"
-        files.append(File.generated(config, uri, abs_src_path=str(nb)))
     return files
 
 
