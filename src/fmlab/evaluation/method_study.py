@@ -84,11 +84,16 @@ def evaluate_chosen(
     """Choose the method with the best mean ``val/exact_match``; test each of its seeds once."""
     eval_fn = eval_fn or _eval_in_process
     chosen = max(rows, key=lambda r: (r["val/exact_match"][0], -r["val/loss"][0]))["method"]
-    tests = [
-        eval_fn(r["evaluated_checkpoint"], out / f"{chosen}-seed{i}")
+    tests = [  # one directory per run: <method>-<its run directory's name, e.g. seed2>
+        eval_fn(r["evaluated_checkpoint"], out / f"{chosen}-{_run_name(r, i)}")
         for i, r in enumerate(results[chosen])
     ]
     return {"method": chosen, "per_seed": tests, **aggregate(tests, ["test/exact_match"])}
+
+
+def _run_name(summary: dict[str, Any], index: int) -> str:
+    output_dir = summary.get("paths", {}).get("output_dir")
+    return Path(output_dir).name if output_dir else f"run{index}"
 
 
 def _eval_in_process(ckpt: str, out: Path) -> dict[str, Any]:
