@@ -35,6 +35,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the model named by ``cfg.ckpt_path`` or ``cfg.model_path``; write summary.json."""
     t0 = time.time()
     validate_config(cfg)
+    if cfg.get("lm_eval"):  # before any compute: lm-evaluation-harness is the [eval] extra
+        from fmlab.utils.optional import require
+
+        require("lm_eval", "eval", "fmlab-eval lm_eval=...")
     import lightning as L
 
     from fmlab.data.tokenizer import fixed_tokenizer

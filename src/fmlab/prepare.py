@@ -71,6 +71,9 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 
     run = prepare_dataset
     if cfg.engine == "spark":  # same stages and settings, run as a Spark job
+        from fmlab.utils.optional import require
+
+        require("pyspark", "spark", "fmlab-prepare engine=spark")
         from fmlab.data.spark import prepare_on_spark
 
         run = functools.partial(prepare_on_spark, spark=build(cfg.get("spark"), "spark"))
