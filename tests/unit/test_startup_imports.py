@@ -112,7 +112,7 @@ def test_require_names_the_extra(monkeypatch):
 
 def test_s3_paths_need_the_aws_extra(monkeypatch):
     _hide(monkeypatch, "s3fs")
-    with pytest.raises(ConfigError, match=r"output_dir=s3://b/d.*'s3fs'.*fmlab\[aws\]"):
+    with pytest.raises(ConfigError, match=r"output_dir=s3://b/d.*'s3fs'.*fmlab\[s3\]"):
         optional.require_filesystem("s3://b/d", "output_dir=s3://b/d")
     optional.require_filesystem("/tmp/local", "output_dir")  # local paths need nothing
     optional.require_filesystem("file:///tmp/local", "output_dir")
@@ -131,21 +131,22 @@ def test_tensorboard_logger_needs_its_extra_before_compute(monkeypatch):
 def test_optuna_sweeper_and_submitit_launcher_name_their_extras(monkeypatch):
     from hydra.core.config_store import ConfigStore
 
+    from hydra_plugins import fmlab_submitit_hint as hint
     from hydra_plugins.fmlab_optuna_sweeper.optuna_sweeper import FmlabOptunaSweeper
-    from hydra_plugins.fmlab_submitit_hint import MissingSubmititLauncher, _register_if_missing
 
-    _hide(monkeypatch, "optuna", "hydra_plugins.hydra_submitit_launcher")
+    _hide(monkeypatch, "optuna")
+    monkeypatch.setattr(hint, "_plugin_installed", lambda: False)
     with pytest.raises(ConfigError, match=r"fmlab_optuna.*'optuna'.*fmlab\[sweeps\]"):
         FmlabOptunaSweeper().setup(hydra_context=None, task_function=None, config=None)
     with pytest.raises(ConfigError, match=r"launcher=slurm.*fmlab\[slurm\]"):
-        MissingSubmititLauncher(partition="gpu", timeout_min=60).setup()
+        hint.MissingSubmititLauncher(partition="gpu", timeout_min=60).setup()
 
-    store = ConfigStore.instance()
-    saved = {k: store.repo["hydra"]["launcher"].get(k) for k in ("submitit_slurm.yaml",)}
+    launchers = ConfigStore.instance().repo["hydra"]["launcher"]
+    saved = dict(launchers)
     try:
-        _register_if_missing()
-        node = store.repo["hydra"]["launcher"]["submitit_slurm.yaml"].node
-        assert node._target_.endswith("fmlab_submitit_hint.MissingSubmititLauncher")
-    finally:
-        for key, value in saved.items():  # the real plugin's entry, for later tests
-            store.repo["hydra"]["launcher"][key] = value
+        hint._register_if_missing()
+        for name in ("submitit_slurm.yaml", "submitit_local.yaml"):
+            assert launchers[name].node._target_.endswith("MissingSubmititLauncher")
+    finally:  # the real plugin's entries, for later tests
+        launchers.clear()
+        launchers.update(saved)

@@ -4,8 +4,8 @@ to reach its first training step (``startup_s`` of its ``summary.json``).
 
 ``scripts/bench_startup.py`` is the command line. Each command runs ``reps`` times in a fresh
 process; the table shows the median wall and CPU (user + system) seconds and the largest peak
-resident set (``wait4``'s ``ru_maxrss``). On a shared machine wall time swings with the load
-(printed beside the table); CPU time much less.
+resident set (``ru_maxrss`` of the command, run from a small probe process). On a shared
+machine wall time swings with the load (printed beside the table); CPU time much less.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import entry_points
@@ -80,16 +79,32 @@ def startup_commands() -> dict[str, list[str]]:
     return commands
 
 
+# Runs one command and prints its wall time, CPU time and peak RSS. A small process of its own:
+# a child's ru_maxrss starts at the memory of the process it was forked from, and this benchmark
+# itself (fmlab.bench imports torch) is larger than `python -c "import hydra"`.
+_PROBE = """
+import json, os, resource, subprocess, sys, time
+t0 = time.perf_counter()
+code = subprocess.call(json.loads(sys.argv[1]), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+wall = time.perf_counter() - t0
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps([wall, use.ru_utime + use.ru_stime, use.ru_maxrss / 1024, code]))
+"""
+
+
 def _run(cmd: Sequence[str], cwd: str, env: dict[str, str]) -> tuple[float, float, float, int]:
-    """One run: (wall s, CPU s, peak RSS MB, return code) from ``wait4`` of the child."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        list(cmd), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    """One run: (wall s, CPU s, peak RSS MB, return code)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(list(cmd))],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode
+    wall, cpu, rss, code = json.loads(done.stdout)
+    return wall, cpu, rss, code
 
 
 def measure(name: str, cmd: Sequence[str], reps: int, cwd: str) -> Measurement:

@@ -1,7 +1,7 @@
 """Optional packages: import them where a feature needs them, and say which extra installs them.
 
 The core install holds what the default workflows need; the rest lives in extras of
-``pyproject.toml`` (``fmlab[eval]``, ``[spark]``, ``[aws]``, ``[sweeps]``, ``[slurm]``,
+``pyproject.toml`` (``fmlab[eval]``, ``[spark]``, ``[s3]``, ``[aws]``, ``[sweeps]``, ``[slurm]``,
 ``[tensorboard]``, ...; docs/get-started/install.md has the table). A feature that needs one calls
 :func:`require` first, so a missing package becomes a short :class:`~fmlab.config.ConfigError`
 naming the extra, before any compute is spent. Two helpers apply it to what a config or a path
@@ -21,8 +21,8 @@ __all__ = ["missing", "require", "require_filesystem", "require_for_targets"]
 
 #: fsspec protocols whose filesystem package comes with an extra: protocol -> (module, extra)
 FILESYSTEM_EXTRAS: dict[str, tuple[str, str]] = {
-    "s3": ("s3fs", "aws"),
-    "s3a": ("s3fs", "aws"),
+    "s3": ("s3fs", "s3"),
+    "s3a": ("s3fs", "s3"),
 }
 
 #: ``_target_`` callables that import an optional package only when built (too late to fail

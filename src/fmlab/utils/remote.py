@@ -78,7 +78,7 @@ def open_fs(uri: str, storage_options: dict[str, Any] | None = None, what: str =
 
     from fmlab.utils.optional import require_filesystem
 
-    require_filesystem(uri, f"{what}={uri}")  # s3:// without fmlab[aws]: say which extra
+    require_filesystem(uri, f"{what}={uri}")  # s3:// without fmlab[s3]: say which extra
     options = dict(storage_options or {})
     if not is_remote(uri):  # a mounted shared filesystem (NFS, EFS, Lustre) works too
         options.setdefault("auto_mkdir", True)

@@ -37,10 +37,19 @@ class MissingSubmititLauncher(Launcher):
         raise RuntimeError("unreachable: setup() refuses to run without hydra-submitit-launcher")
 
 
-def _register_if_missing() -> None:
-    from fmlab.utils.optional import missing
+def _plugin_installed() -> bool:
+    # not fmlab.utils.optional: Hydra imports this module at every start (plugin discovery), and
+    # fmlab.utils would add its imports (rich, ...) to `fmlab-* --help`
+    import importlib.util
 
-    if not missing("hydra_plugins.hydra_submitit_launcher"):
+    try:
+        return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _register_if_missing() -> None:
+    if _plugin_installed():
         return
     node = {"_target_": f"{__name__}.MissingSubmititLauncher"}
     for name in ("submitit_slurm", "submitit_local"):

@@ -107,7 +107,7 @@ def resolve_source(
         spec = spec.model_copy(update={"name": spec.name or path})
         path = local
     options = {**(storage_options or {}), **(spec.storage_options or {})}
-    require_filesystem(path, f"source '{spec.path}'")  # s3:// without fmlab[aws]
+    require_filesystem(path, f"source '{spec.path}'")  # s3:// without fmlab[s3]
     try:
         fs, root = url_to_fs(path, **options)
     except Exception as err:  # unknown protocol, missing optional dependency

@@ -114,7 +114,7 @@ class Write(Stage):
 
 def load_card(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The ``card.json`` of a prepared dataset, or None if there is none."""
-    require_filesystem(uri, f"dataset {uri}")  # s3:// without fmlab[aws]
+    require_filesystem(uri, f"dataset {uri}")  # s3:// without fmlab[s3]
     fs, root = url_to_fs(uri, **(storage_options or {}))
     fs.invalidate_cache()  # a cached listing may predate the last write
     path = f"{root.rstrip('/')}/card.json"
