@@ -130,7 +130,9 @@ def test_tensorboard_logger_needs_its_extra_before_compute(monkeypatch):
 
 def test_optuna_sweeper_and_submitit_launcher_name_their_extras(monkeypatch):
     from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
 
+    Plugins.instance()  # Hydra's plugin discovery first: it re-executes the plugin modules
     from hydra_plugins import fmlab_submitit_hint as hint
     from hydra_plugins.fmlab_optuna_sweeper.optuna_sweeper import FmlabOptunaSweeper
 
