@@ -14,17 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+# torch/Lightning are imported inside evaluate(): --help and --cfg job stay fast (see train.py)
 from fmlab.config import CONF_DIR, ConfigError, build, validate_config
-from fmlab.data.tokenizer import fixed_tokenizer
-from fmlab.data.tokenizer import pretrained as load_tokenizer
-from fmlab.evaluation.baselines import unigram_perplexity
-from fmlab.methods.adapters import load_trained
-from fmlab.reliability import resolve_resume
-from fmlab.utils import print_table, write_json
-from fmlab.workflow import build_data, build_model, parameter_report
 
 __all__ = ["evaluate", "main"]
 
@@ -42,6 +35,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the model named by ``cfg.ckpt_path`` or ``cfg.model_path``; write summary.json."""
     t0 = time.time()
     validate_config(cfg)
+    if cfg.get("lm_eval"):  # before any compute: lm-evaluation-harness is the [eval] extra
+        from fmlab.utils.optional import require
+
+        require("lm_eval", "eval", "fmlab-eval lm_eval=...")
+    import lightning as L
+
+    from fmlab.data.tokenizer import fixed_tokenizer
+    from fmlab.data.tokenizer import pretrained as load_tokenizer
+    from fmlab.evaluation.baselines import unigram_perplexity
+    from fmlab.methods.adapters import load_trained
+    from fmlab.reliability import resolve_resume
+    from fmlab.utils import print_table, write_json
+    from fmlab.workflow import build_data, build_model, parameter_report
+
     if (cfg.ckpt_path is None) == (cfg.model_path is None):
         raise ConfigError("fmlab-eval: give exactly one of ckpt_path=... or model_path=...")
     out = Path(cfg.paths.output_dir)

@@ -16,9 +16,6 @@ from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fmlab.config import CONF_DIR, ConfigError
-from fmlab.data.sft import encode_prompt
-from fmlab.evaluation.generation import generate_text
-from fmlab.methods.adapters import load_trained
 from fmlab.utils import atomic_write_text
 
 __all__ = ["generate", "main"]
@@ -47,6 +44,10 @@ class GenerateSchema(BaseModel):
 def generate(cfg: DictConfig) -> list[dict[str, str]]:
     """Generate for every prompt of ``cfg``; returns ``[{"prompt", "completion"}]``."""
     from omegaconf import OmegaConf
+
+    from fmlab.data.sft import encode_prompt
+    from fmlab.evaluation.generation import generate_text
+    from fmlab.methods.adapters import load_trained
 
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
     try:

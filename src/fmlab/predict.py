@@ -16,27 +16,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+# torch and the model code are imported where they are used: --help stays fast (see train.py)
 from fmlab.config import CONF_DIR, ConfigError
-from fmlab.data.multitask_encode import collate_task
-from fmlab.data.sft import encode_prompt
-from fmlab.evaluation.generation import generate_text
-from fmlab.methods.adapters import load_trained
-from fmlab.models.heads import TaskHead, final_hidden
-from fmlab.modules.multitask import HEADS_DIR
-from fmlab.tasks.spec import TaskSpec
 from fmlab.utils import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+
+    from fmlab.models.heads import TaskHead
+    from fmlab.tasks.spec import TaskSpec
 
 __all__ = ["MultiTask", "load_multitask", "main", "predict"]
 
 
 def _heads_dir(path: Path) -> Path:
+    from fmlab.modules.multitask import HEADS_DIR
+
     for candidate in (path / HEADS_DIR, path / "export" / HEADS_DIR, path.parent / HEADS_DIR):
         if (candidate / "tasks.json").is_file():
             return candidate
@@ -63,7 +64,6 @@ class MultiTask:
     def tasks(self) -> list[str]:
         return list(self.specs)
 
-    @torch.no_grad()
     def predict(
         self,
         task: str,
@@ -80,6 +80,21 @@ class MultiTask:
         Raises:
             KeyError: ``task`` is not one of the export's tasks.
         """
+        import torch
+
+        with torch.no_grad():
+            return self._predict(task, inputs, batch_size, max_new_tokens)
+
+    def _predict(
+        self, task: str, inputs: list[str], batch_size: int, max_new_tokens: int | None
+    ) -> list[dict[str, Any]]:
+        import torch
+
+        from fmlab.data.multitask_encode import collate_task
+        from fmlab.data.sft import encode_prompt
+        from fmlab.evaluation.generation import generate_text
+        from fmlab.models.heads import final_hidden
+
         if task not in self.specs:
             raise KeyError(f"task {task!r}: this export has {self.tasks}")
         spec = self.specs[task]
@@ -127,6 +142,10 @@ def load_multitask(
 ) -> MultiTask:
     """Load a multi-task export (a run dir, its ``export/``, or an adapter/ReFT dir inside)."""
     from safetensors.torch import load_file
+
+    from fmlab.methods.adapters import load_trained
+    from fmlab.models.heads import TaskHead
+    from fmlab.tasks.spec import TaskSpec
 
     p = Path(path)
     heads_dir = _heads_dir(p)

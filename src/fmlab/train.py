@@ -8,33 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from fmlab.callbacks.throughput import Throughput
-from fmlab.config import CONF_DIR, validate_config
-from fmlab.continual import init_tokenizer_factory, provenance
-from fmlab.distributed import unsharded_model
-from fmlab.evaluation.baselines import unigram_perplexity
-from fmlab.methods.adapters import save_trained
-from fmlab.reliability import Preempted, PreemptionCheckpoint, resolve_resume, run_dir_lock
-from fmlab.utils import print_config, print_table, write_json
-from fmlab.utils.remote import publish_run, remote_settings
-from fmlab.utils.secrets import protect_run_dir
-from fmlab.workflow import (
-    build_data,
-    build_model,
-    build_module,
-    build_trainer,
-    checkpoint_paths,
-    link_latest,
-    metric_files,
-    parameter_report,
-    preflight,
-    save_resolved_config,
-)
+# Only Hydra and the config location at module level: `fmlab-train --help` and `--cfg job` are
+# answered by @hydra.main before train() runs, without importing torch or Lightning (start-up,
+# tests/unit/test_startup_imports.py). What a run needs is imported inside the functions.
+from fmlab.config import CONF_DIR
 
 __all__ = ["main", "train"]
 
@@ -56,13 +35,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The summary dict also written to ``<output_dir>/summary.json``.
     """
+    from fmlab.reliability import run_dir_lock
+
     with run_dir_lock(Path(cfg.paths.output_dir)):
         return _train(cfg)
 
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.time()
-    validate_config(cfg)  # before anything is read or built
+    from fmlab.config import validate_config
+
+    validate_config(cfg)  # before anything is read or built (imports the _target_ callables)
+    import lightning as L
+    from lightning.pytorch.utilities import rank_zero_only
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from fmlab.callbacks.startup import StartupTime
+    from fmlab.callbacks.throughput import Throughput
+    from fmlab.continual import init_tokenizer_factory, provenance
+    from fmlab.distributed import unsharded_model
+    from fmlab.evaluation.baselines import unigram_perplexity
+    from fmlab.methods.adapters import save_trained
+    from fmlab.reliability import Preempted, PreemptionCheckpoint, resolve_resume
+    from fmlab.utils import print_config, print_table, write_json
+    from fmlab.utils.remote import publish_run, remote_settings
+    from fmlab.utils.secrets import protect_run_dir
+    from fmlab.workflow import (
+        build_data,
+        build_model,
+        build_module,
+        build_trainer,
+        checkpoint_paths,
+        link_latest,
+        metric_files,
+        parameter_report,
+        preflight,
+        save_resolved_config,
+    )
+
     preflight(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +143,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         ),
         **params,
         **(throughput.peak_memory() if throughput else {}),
+        # startup_s: process start -> first training step (fmlab.callbacks.startup)
+        **next((cb.summary() for cb in trainer.callbacks if isinstance(cb, StartupTime)), {}),
         "global_step": int(trainer.global_step),
         "fit_s": fit_s,
         "data": datamodule.stats,

@@ -122,7 +122,7 @@ def qlora_backend_error() -> str | None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        return "method=qlora needs bitsandbytes: pip install bitsandbytes"
+        return "method=qlora needs bitsandbytes, which is not installed: pip install 'fmlab[qlora]'"
     return None
 
 

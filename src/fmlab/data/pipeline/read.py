@@ -28,6 +28,7 @@ from fsspec.core import url_to_fs
 
 from fmlab.data.pipeline.records import BadRow, PrepareError, SourceSpec
 from fmlab.data.pipeline.tables import not_data, partition_fields, sniff_format
+from fmlab.utils.optional import require_filesystem
 
 __all__ = ["FORMATS", "ResolvedSource", "iter_rows", "resolve_source"]
 
@@ -106,6 +107,7 @@ def resolve_source(
         spec = spec.model_copy(update={"name": spec.name or path})
         path = local
     options = {**(storage_options or {}), **(spec.storage_options or {})}
+    require_filesystem(path, f"source '{spec.path}'")  # s3:// without fmlab[s3]
     try:
         fs, root = url_to_fs(path, **options)
     except Exception as err:  # unknown protocol, missing optional dependency

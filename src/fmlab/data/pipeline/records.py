@@ -12,10 +12,12 @@ Every kind also carries ``id``, ``source``, ``domain`` and ``date`` (ISO ``YYYY-
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "KINDS",
@@ -89,6 +91,8 @@ def content_of(batch: dict[str, list], kind: str) -> list[str]:
 
 def record_schema(kind: str) -> pa.Schema:
     """Arrow schema of structured records of ``kind``."""
+    import pyarrow as pa  # here, not at the top: fmlab-prepare's config schema imports this module
+
     fields = [pa.field("id", pa.string()), pa.field("source", pa.string())]
     if kind == "sft":
         fields += [pa.field("prompt", pa.string()), pa.field("response", pa.string())]
