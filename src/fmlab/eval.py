@@ -27,6 +27,7 @@ from fmlab.data.tokenizer import fixed_tokenizer
 from fmlab.data.tokenizer import pretrained as load_tokenizer
 from fmlab.evaluation.baselines import unigram_perplexity
 from fmlab.methods.adapters import load_trained
+from fmlab.models.positions import check_data_lengths, check_lengths, loaded_positions
 from fmlab.reliability.checkpoints import resolve_eval_checkpoint
 from fmlab.utils import print_table, write_json
 from fmlab.workflow import build_data, build_model, parameter_report
@@ -63,6 +64,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             train_cfg if cfg.data_from_run else cfg, tokenizer_factory=fixed_tokenizer(tokenizer)
         )
         model = build_model(train_cfg, tokenizer, datamodule.block_size)
+        check_data_lengths(datamodule, loaded_positions(model, str(run)))
         module = build(train_cfg.module, "module", model=model, optimizer=None)
         source = ckpt
     else:
@@ -72,7 +74,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             allow_base_mismatch=bool(cfg.get("allow_base_mismatch")),
             lineage=loaded,
         )
+        positions = loaded_positions(model, str(cfg.model_path))
+        check_lengths(cfg, positions)  # before the data is read
         datamodule, _ = build_data(cfg, tokenizer_factory=fixed_tokenizer(tokenizer))
+        check_data_lengths(datamodule, positions)
         module = build(cfg.module, "module", model=model, optimizer=None)
         source = cfg.model_path
     trainer = build(cfg.trainer, "trainer", logger=False)

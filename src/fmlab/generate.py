@@ -19,6 +19,7 @@ from fmlab.config import CONF_DIR, ConfigError
 from fmlab.data.sft import encode_prompt
 from fmlab.evaluation.generation import generate_text
 from fmlab.methods.adapters import load_trained
+from fmlab.models.positions import check_generation, loaded_positions
 from fmlab.utils import atomic_write_text, write_json
 
 __all__ = ["generate", "main"]
@@ -75,6 +76,8 @@ def generate(cfg: DictConfig, lineage: dict[str, Any] | None = None) -> list[dic
         encode_prompt(p, tokenizer, template=opts.template, chat_template=opts.chat_template)
         for p in prompts
     ]
+    limit = loaded_positions(model, opts.model_path)
+    check_generation([len(i) for i in ids], opts.max_new_tokens, limit, "max_new_tokens")
     completions = generate_text(
         model,
         tokenizer,
