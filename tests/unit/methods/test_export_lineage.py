@@ -82,3 +82,17 @@ def test_include_base_makes_the_export_self_contained(method, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ConfigError, match="fingerprint"):
         load_trained(tmp_path / "moved" / "export")
+
+
+def test_legacy_adapter_with_a_relative_base_is_refused(tmp_path):
+    base_dir = _base(tmp_path / "base")
+    model = lora(LlamaForCausalLM.from_pretrained(str(base_dir)), r=2)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(base_dir))
+    adapter = Path(save_trained(model, tok, tmp_path / "export", {})["adapter"])
+    (adapter / "fmlab_lineage.json").unlink()  # as written before fingerprints existed
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "logs/train/latest/export"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="relative path 'logs/train/latest/export'.*base_model="):
+        load_trained(adapter)
+    load_trained(adapter, base=str(base_dir))  # the explicit base works (nothing to compare)
