@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.unit.test_lineage import _tiny
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fmlab.config import ConfigError
 from fmlab.lineage import resolve_model_ref
@@ -21,18 +22,7 @@ from fmlab.methods.reft import loreft
 
 
 def _base(path: Path) -> Path:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=16,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=32,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(str(path))
+    _tiny(path, 0, vocab_size=16, num_hidden_layers=2, eos_token_id=1, pad_token_id=0)
     vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *"abcdefghijklm"])}
     tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = Whitespace()
