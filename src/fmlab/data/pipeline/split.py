@@ -2,7 +2,8 @@
 
 Split: train/validation/test by a hash of each record's content
 (:func:`fmlab.data.splits.split_of`), so a document keeps its split however the corpus grows or is
-re-ordered.
+re-ordered. Records of a source that declares its split (``SourceSpec.split``) keep that split;
+undeclared sources are hash-split into the splits no source declares.
 
 Decontaminate: drop training records that share a long word n-gram (13 by default, as GPT-3) with
 the validation/test splits or with benchmark files. Text is normalized first (lowercase, no
@@ -26,15 +27,21 @@ from fmlab.data.pipeline.engine import ArrowSink, Runner, Stage
 from fmlab.data.pipeline.hashing import ngram_hashes, normalized_words, word_hashes
 from fmlab.data.pipeline.read import ResolvedSource, iter_rows
 from fmlab.data.pipeline.records import BadRow, SourceSpec, content_of
-from fmlab.data.splits import SPLITS, split_of
+from fmlab.data.splits import SPLITS, hash_fractions, split_of
 
-__all__ = ["Decontaminate", "Split"]
+__all__ = ["Decontaminate", "Split", "split_kwargs"]
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 def _split_batch(
-    batch: pa.RecordBatch, kind: str, by: str, vf: float, tf: float, salt: str
+    batch: pa.RecordBatch,
+    kind: str,
+    by: str,
+    vf: float,
+    tf: float,
+    salt: str,
+    declared: dict[str, str] | None = None,
 ) -> pa.RecordBatch:
     cols = batch.to_pydict()
     if by == "id":
@@ -43,7 +50,11 @@ def _split_batch(
         keys = cols["prompt"]
     else:
         keys = content_of(cols, kind)
-    labels = pa.array([split_of(k, vf, tf, salt) for k in keys], type=pa.string())
+    declared = declared or {}
+    labels = pa.array(
+        [declared.get(src) or split_of(k, vf, tf, salt) for k, src in zip(keys, cols["source"])],
+        type=pa.string(),
+    )
     return pa.RecordBatch.from_arrays(
         [*batch.columns, labels], schema=batch.schema.append(pa.field("split", pa.string()))
     )
@@ -78,16 +89,15 @@ class Split(Stage):
             enabled, val_fraction=val_fraction, test_fraction=test_fraction, salt=salt, by=by
         )
 
-    def run(self, runner: Runner, table: pa.Table, out: Path, kind: str) -> dict[str, Any]:
-        p = self.params
-        task = functools.partial(
-            _split_batch,
-            kind=kind,
-            by=p["by"],
-            vf=p["val_fraction"] if self.enabled else 0.0,
-            tf=p["test_fraction"] if self.enabled else 0.0,
-            salt=p["salt"],
-        )
+    def run(
+        self,
+        runner: Runner,
+        table: pa.Table,
+        out: Path,
+        kind: str,
+        declared: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        task = functools.partial(_split_batch, **split_kwargs(self, kind, declared))
         schema = table.schema.append(pa.field("split", pa.string()))
         with ArrowSink(out / "data.arrow", schema) as sink:
             for batch in runner.map(
@@ -95,6 +105,20 @@ class Split(Stage):
             ):
                 sink.write(batch)
         return {"in": table.num_rows, "out": sink.rows, "removed": {}}
+
+
+def split_kwargs(split: Split, kind: str, declared: dict[str, str] | None) -> dict[str, Any]:
+    """Arguments of the per-batch split labelling (local and Spark engines).
+
+    Args:
+        split: The stage.
+        kind: Record kind.
+        declared: Source label -> declared split (sources whose rows all go to one split).
+    """
+    p = split.params
+    vf, tf = (p["val_fraction"], p["test_fraction"]) if split.enabled else (0.0, 0.0)
+    vf, tf = hash_fractions(vf, tf, (declared or {}).values())
+    return dict(kind=kind, by=p["by"], vf=vf, tf=tf, salt=p["salt"], declared=declared or {})
 
 
 def _strings(value: Any) -> list[str]:
