@@ -2,7 +2,7 @@
 
 Split: train/validation/test by a hash of each record's content
 (:func:`fmlab.data.splits.split_of`), so a document keeps its split however the corpus grows or is
-re-ordered.
+re-ordered; or, with ``by=date``, by time (:mod:`fmlab.data.pipeline.timesplit`).
 
 Decontaminate: drop training records that share a long word n-gram (13 by default, as GPT-3) with
 the validation/test splits or with benchmark files. Text is normalized first (lowercase, no
@@ -11,6 +11,7 @@ punctuation), so formatting differences do not hide an overlap.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections import Counter
 from collections.abc import Iterator
@@ -22,10 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from fmlab.data.pipeline.dates import Unit, iso
 from fmlab.data.pipeline.engine import ArrowSink, Runner, Stage
 from fmlab.data.pipeline.hashing import ngram_hashes, normalized_words, word_hashes
 from fmlab.data.pipeline.read import ResolvedSource, iter_rows
 from fmlab.data.pipeline.records import BadRow, SourceSpec, content_of
+from fmlab.data.pipeline.timesplit import run_date_split
 from fmlab.data.splits import SPLITS, split_of
 
 __all__ = ["Decontaminate", "Split"]
@@ -50,15 +53,22 @@ def _split_batch(
 
 
 class Split(Stage):
-    """Assign each record to train/validation/test by a hash of its content.
+    """Assign each record to train/validation/test by a hash of its content, or by its date.
 
     Args:
         enabled: Run this stage (off: every record is ``train``).
-        val_fraction: Expected share of records in validation.
+        val_fraction: Expected share of records in validation (``by=date``: with
+            ``test_fraction``, the ratio in which held-out records are divided).
         test_fraction: Expected share in test.
         salt: Changes the (equally deterministic) assignment.
         by: What is hashed: ``auto`` (the prompt for SFT records, so variants of one prompt
-            never straddle splits; the text otherwise), ``text``, ``prompt`` or ``id``.
+            never straddle splits; the text otherwise), ``text``, ``prompt`` or ``id``; or
+            ``date``: the latest records are held out (see :mod:`fmlab.data.pipeline.timesplit`).
+        period: ``by=date``: without ``heldout_after``, the latest ``month``/``quarter``/
+            ``year`` of the data is held out.
+        heldout_after: ``by=date``: records dated after this day (exclusive) are held out.
+        test_after: ``by=date``: held-out records dated after this day go to test, the earlier
+            ones to validation (default: divided by hash).
     """
 
     name = "split"
@@ -70,16 +80,33 @@ class Split(Stage):
         val_fraction: Fraction = 0.05,
         test_fraction: Fraction = 0.05,
         salt: str = "",
-        by: Literal["auto", "text", "prompt", "id"] = "auto",
+        by: Literal["auto", "text", "prompt", "id", "date"] = "auto",
+        period: Unit = "quarter",
+        heldout_after: dt.date | None = None,
+        test_after: dt.date | None = None,
     ) -> None:
-        if val_fraction + test_fraction >= 1:
+        if val_fraction + test_fraction >= 1 and by != "date":  # by=date: only their ratio
             raise ValueError("split.val_fraction + split.test_fraction must be < 1")
+        dated = {
+            "period": period,
+            "heldout_after": iso(heldout_after),
+            "test_after": iso(test_after),
+        }
+        if by != "date" and (heldout_after or test_after):
+            raise ValueError("split.heldout_after/test_after need split.by=date")
         super().__init__(
-            enabled, val_fraction=val_fraction, test_fraction=test_fraction, salt=salt, by=by
+            enabled,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            salt=salt,
+            by=by,
+            **(dated if by == "date" else {}),  # other splits keep their fingerprints
         )
 
     def run(self, runner: Runner, table: pa.Table, out: Path, kind: str) -> dict[str, Any]:
         p = self.params
+        if p["by"] == "date" and self.enabled:
+            return run_date_split(runner, table, out, kind, p)
         task = functools.partial(
             _split_batch,
             kind=kind,

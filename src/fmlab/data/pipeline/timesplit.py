@@ -1,0 +1,121 @@
+"""``split.by=date``: hold out the latest records, so that evaluation measures the future.
+
+Records dated after ``heldout_after`` (exclusive; default: the day before the latest
+``period`` present in the data begins) are held out; the rest are ``train``. The held-out
+records are divided between validation and test in time when ``test_after`` is given
+(``(heldout_after, test_after]`` → validation, later → test), else by the content hash in the
+ratio ``val_fraction : test_fraction`` (both then measure the same future period).
+
+Undated records cannot be from the future: they stay in ``train`` (counted; use
+``filter.undated=drop`` or ``error`` to exclude or refuse them instead).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fmlab.data.pipeline.dates import period_bounds, period_of, previous_day
+from fmlab.data.pipeline.engine import ArrowSink, Runner
+from fmlab.data.pipeline.records import PrepareError, content_of
+from fmlab.data.splits import split_of
+
+__all__ = ["date_labels", "heldout_bound", "run_date_split"]
+
+
+def heldout_bound(dates: pa.ChunkedArray | pa.Array, period: str, given: str | None) -> str:
+    """``heldout_after``: ``given``, else the day before the latest ``period`` of ``dates`` begins.
+
+    Raises:
+        PrepareError: No record has a date, or nothing would be left for training.
+    """
+    valid = pc.drop_null(dates)
+    if not len(valid):
+        raise PrepareError(
+            "split.by=date: no record has a date (set date_field on the sources, or split by "
+            "hash with split.by=auto)"
+        )
+    lo, hi = (pc.min_max(valid).as_py()[k] for k in ("min", "max"))
+    bound = given or previous_day(period_bounds(period_of(hi, period))[0])
+    if lo > bound:
+        raise PrepareError(
+            f"split.by=date: every dated record ({lo} .. {hi}) is after the held-out bound "
+            f"{bound}, so training would get none; set split.heldout_after to an earlier day or "
+            f"use a shorter split.period (now '{period}')"
+        )
+    return bound
+
+
+def date_labels(
+    dates: list[str | None],
+    keys: list[str],
+    heldout_after: str,
+    test_after: str | None,
+    val_fraction: float,
+    test_fraction: float,
+    salt: str,
+) -> list[str]:
+    """``train``/``validation``/``test`` of each record by its date (see the module docstring)."""
+    held = val_fraction + test_fraction
+    test_share = test_fraction / held if held else 0.0
+    labels = []
+    for date, key in zip(dates, keys):
+        if date is None or date <= heldout_after:
+            labels.append("train")
+        elif test_after is not None:
+            labels.append("test" if date > test_after else "validation")
+        else:  # same period: by the content hash, in the ratio of the fractions
+            labels.append(split_of(key, 1.0 - test_share, test_share, salt))
+    return labels
+
+
+def _label_batch(batch: pa.RecordBatch, kind: str, key: str, **bounds: Any) -> pa.RecordBatch:
+    cols = batch.to_pydict()
+    keys = cols[key] if key in ("id", "prompt") else content_of(cols, kind)
+    labels = pa.array(date_labels(cols["date"], keys, **bounds), type=pa.string())
+    return pa.RecordBatch.from_arrays(
+        [*batch.columns, labels], schema=batch.schema.append(pa.field("split", pa.string()))
+    )
+
+
+def run_date_split(
+    runner: Runner, table: pa.Table, out: Path, kind: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The split stage with ``by=date``: adds the ``split`` column; returns the stage stats."""
+    bound = heldout_bound(table.column("date"), params["period"], params["heldout_after"])
+    test_after = params["test_after"]
+    if test_after is not None and test_after <= bound:
+        raise PrepareError(
+            f"split.test_after={test_after} must be after split.heldout_after={bound} "
+            "(validation is heldout_after < date <= test_after, test is later)"
+        )
+    task = functools.partial(
+        _label_batch,
+        kind=kind,
+        key="prompt" if kind == "sft" else "text",
+        heldout_after=bound,
+        test_after=test_after,
+        val_fraction=params["val_fraction"],
+        test_fraction=params["test_fraction"],
+        salt=params["salt"],
+    )
+    schema = table.schema.append(pa.field("split", pa.string()))
+    with ArrowSink(out / "data.arrow", schema) as sink:
+        for batch in runner.map(
+            runner.batches(table), task, description="split by date", total=table.num_rows
+        ):
+            sink.write(batch)
+    return {
+        "in": table.num_rows,
+        "out": sink.rows,
+        "removed": {},
+        "dates": {
+            "heldout_after": bound,
+            "test_after": test_after,
+            "undated_in_train": table.column("date").null_count,
+        },
+    }
