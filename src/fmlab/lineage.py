@@ -30,9 +30,11 @@ from fmlab.config import ConfigError
 __all__ = [
     "ModelRef",
     "check_fingerprint",
+    "check_resumed",
     "default_cache_dir",
     "find_run_dir",
     "fingerprint",
+    "pin_config",
     "resolve_model_ref",
 ]
 
@@ -287,11 +289,7 @@ def resolve_model_ref(
                 key,
                 given,
                 path,
-                hint
-                or (
-                    f"expected config.json, an fmlab run's export/ or checkpoints/last.ckpt; "
-                    f"set {key} to one of those"
-                ),
+                "expected config.json, an fmlab run's export/ or checkpoints/last.ckpt there",
             )
         run = find_run_dir(model_dir)
         run_id = run.name if run else _recorded_run_id(model_dir)
@@ -351,3 +349,86 @@ def check_fingerprint(
         f"{msg}; point base_model=<the original base> at the right model, or set "
         "allow_base_mismatch=true to load it anyway (recorded in the summary)"
     )
+
+
+def pin_config(cfg: Any) -> dict[str, ModelRef]:
+    """Resolve the model references of a train config once and write them back, pinned.
+
+    ``init_from`` and ``model.name_or_path`` (when the model node has one) become absolute,
+    symlink-free locations (a Hub model also gets ``model.revision`` = its commit when known), and
+    ``cfg.lineage`` records each :class:`ModelRef` as a dict, so ``config.yaml`` says what the run
+    really started from. Runs before anything is read.
+
+    Returns:
+        The references by role: ``init_from`` and/or ``model``.
+
+    Raises:
+        ConfigError: A reference that is missing or holds no model (the key is named).
+    """
+    from omegaconf import DictConfig, OmegaConf, open_dict
+
+    cache_dir = OmegaConf.select(cfg, "paths.cache_dir", default=None)
+    log_dir = OmegaConf.select(cfg, "paths.log_dir", default="logs")
+
+    def hint(key: str) -> str:
+        return (
+            f"run `fmlab-train` first (it prints `export: <dir>`, under {log_dir}/train/runs/) "
+            f"and set FMLAB_BASE_MODEL=<dir> or {key}=<dir>"
+        )
+
+    refs: dict[str, ModelRef] = {}
+    if cfg.get("init_from"):
+        refs["init_from"] = resolve_model_ref(
+            cfg.init_from,
+            "init_from",
+            cache_dir=cache_dir,
+            allow_checkpoint=True,
+            hint=hint("init_from"),
+        )
+    model = cfg.get("model")
+    if "init_from" not in refs and isinstance(model, DictConfig) and "name_or_path" in model:
+        value = None if OmegaConf.is_missing(model, "name_or_path") else model.get("name_or_path")
+        refs["model"] = resolve_model_ref(
+            value,
+            "model.name_or_path",
+            revision=model.get("revision"),
+            cache_dir=cache_dir,
+            hint=hint("model.name_or_path"),
+        )
+    with open_dict(cfg):
+        if "init_from" in refs:
+            cfg.init_from = refs["init_from"].path
+        if "model" in refs:
+            cfg.model.name_or_path = refs["model"].path
+            if refs["model"].kind == "hub" and refs["model"].revision:
+                cfg.model.revision = refs["model"].revision
+        cfg.lineage = {role: ref.to_dict() for role, ref in refs.items()} or None
+    return refs
+
+
+def check_resumed(config_yaml: str | Path, refs: dict[str, ModelRef]) -> None:
+    """A run directory restarted (resume, requeue) must start from the same models as before.
+
+    Args:
+        config_yaml: The run directory's ``config.yaml`` from its first start (absent: nothing
+            to compare).
+        refs: The references resolved now (:func:`pin_config`).
+
+    Raises:
+        ConfigError: A reference now resolves to other content than the run first recorded.
+    """
+    path = Path(config_yaml)
+    if not path.is_file():
+        return
+    from omegaconf import OmegaConf
+
+    before = OmegaConf.to_container(OmegaConf.load(path)).get("lineage") or {}
+    for role, ref in refs.items():
+        first = ModelRef.from_dict(before[role]) if role in before else None
+        if first is not None and first.fingerprint and first.fingerprint != ref.fingerprint:
+            key = "init_from" if role == "init_from" else "model.name_or_path"
+            raise ConfigError(
+                f"{key}: the run in {path.parent} started from {first.path} (fingerprint "
+                f"{first.fingerprint}) but {ref.given} is now {ref.path} (fingerprint "
+                f"{ref.fingerprint}); resume with the original model or start a new run directory"
+            )

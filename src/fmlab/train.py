@@ -18,6 +18,7 @@ from fmlab.config import CONF_DIR, validate_config
 from fmlab.continual import init_tokenizer_factory, provenance
 from fmlab.distributed import unsharded_model
 from fmlab.evaluation.baselines import unigram_perplexity
+from fmlab.lineage import check_resumed, pin_config
 from fmlab.methods.adapters import save_trained
 from fmlab.reliability import Preempted, PreemptionCheckpoint, resolve_resume, run_dir_lock
 from fmlab.utils import print_config, print_table, write_json
@@ -62,9 +63,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.time()
+    # model references resolved once (absolute, fingerprinted) and pinned in cfg: config.yaml,
+    # summary and export record what the run really started from (fmlab.lineage)
+    refs = pin_config(cfg)
     validate_config(cfg)  # before anything is read or built
     preflight(cfg)
     out = Path(cfg.paths.output_dir)
+    check_resumed(out / "config.yaml", refs)  # a restarted run: still the same base
     out.mkdir(parents=True, exist_ok=True)
     rank_zero_only(protect_run_dir)(out)  # no credential in .hydra/, logs or anything written
     # paths.remote_dir (S3): checked writable here, searched for checkpoints (fmlab.utils.remote)
@@ -137,7 +142,13 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         "fit_s": fit_s,
         "data": datamodule.stats,
         "evaluated_checkpoint": chosen,
+        "lineage": {
+            "run_id": out.name,
+            "run_dir": str(out.resolve()),
+            **{role: ref.to_dict() for role, ref in refs.items()},
+        },
     }
+    base_ref = refs.get("init_from") or refs.get("model")
     # FSDP: each rank holds a shard of the weights; gather a full copy on rank 0 for the export
     # (a collective, so every rank calls it; without FSDP it is module.model itself)
     export_model = None
@@ -154,9 +165,11 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         }
         if cfg.export and cfg.export.hf:
             card = {
-                "base": cfg.get("init_from")
-                or cfg.model.get("name_or_path")
-                or f"random init ({cfg.model.get('preset')})",
+                "base": base_ref.path if base_ref else f"random init ({cfg.model.get('preset')})",
+                "base_fingerprint": base_ref.fingerprint if base_ref else None,
+                "base_ref": base_ref.to_dict() if base_ref else None,
+                "run_id": out.name,
+                "run_dir": str(out.resolve()),
                 "method": summary["method"],
                 "data_sources": datamodule.stats.get("sources"),
                 "tokens_seen": tokens_seen,
@@ -167,7 +180,15 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             loader = datamodule.val_dataloader()
             loader = loader[0] if isinstance(loader, list) else loader  # multi-task: per task
             sample = next(iter(loader))["input_ids"][:4]
-            exported = save_trained(export_model, tokenizer, out / "export", card, sample)
+            exported = save_trained(
+                export_model,
+                tokenizer,
+                out / "export",
+                card,
+                sample,
+                base=base_ref,
+                include_base=bool(cfg.export.get("include_base", False)),
+            )
             if hasattr(module, "save_heads"):  # multi-task heads beside the backbone export
                 exported.update(module.save_heads(out / "export"))
             paths.update({f"export_{k}": v for k, v in exported.items()})
@@ -179,6 +200,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         publish_run(out, summary, **remote)  # export/, config, summary.json -> paths.remote_dir
         link_latest(out, Path(cfg.paths.log_dir) / cfg.task_name)
         print_table("summary", {k: v for k, v in summary.items() if not isinstance(v, dict)})
+        if "export_dir" in paths:  # what the next command (a fine-tune, an eval) starts from
+            print(f"export: {paths['export_dir']}  (e.g. FMLAB_BASE_MODEL={paths['export_dir']})")
     return summary
 
 
