@@ -57,7 +57,9 @@ def test_periods_and_their_bounds():
 
 def test_a_window_keeps_after_exclusive_before_inclusive(tmp_path, dated):
     card = _prepare(
-        tmp_path, dated, filter=Filter(enabled=False, date_after="2023-03-31", date_before="2023-06-30")
+        tmp_path,
+        dated,
+        filter=Filter(enabled=False, date_after="2023-03-31", date_before="2023-06-30"),
     )
     st = card["stages"]["filter"]
     # 2023-03-31 is out (exclusive), 2023-06-30 is in (inclusive): April..June, plus the undated
