@@ -94,7 +94,7 @@ def _merged(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for part in data:
         key = json.dumps([part["sources"], part.get("undated", "drop")], sort_keys=True)
         if key not in groups:
-            groups[key] = {**part, "share": 0.0}
+            groups[key] = {**part, "share": part.get("share") or 0.0}
             continue
         g = groups[key]
         ends = (g["after"], part["after"]), (g["before"], part["before"])

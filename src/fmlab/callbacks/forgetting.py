@@ -283,7 +283,8 @@ def plot_report(histories: dict[str, list[dict[str, Any]]], path: str | Path) ->
     ax2.set(xlabel="retention ppl loss (%)", ylabel="domain ppl gain (%)", title="trade-off")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a release without retention sets: none on ax2
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
