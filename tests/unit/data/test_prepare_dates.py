@@ -35,6 +35,7 @@ def _prepare(tmp_path, source, **stages):
         work_dir=tmp_path / "work",
         cache_dir=tmp_path / "cache",
         progress=False,
+        batch_size=5,  # some batches hold no record of a window
         **stages,
     )
 

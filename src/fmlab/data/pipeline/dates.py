@@ -102,7 +102,8 @@ def window_batch(
     if n_missing and undated == "error":
         ids = batch.filter(missing).column("id").to_pylist()
         raise undated_error(n_missing, ids, "filter")
-    keep = pc.invert(missing) if undated == "drop" else pa.array([True] * batch.num_rows)
+    everything = pa.array([True] * batch.num_rows, type=pa.bool_())
+    keep = pc.invert(missing) if undated == "drop" else everything
     counts: Counter = Counter()
     if undated == "drop" and n_missing:
         counts["undated"] = n_missing

@@ -213,7 +213,7 @@ def _filter_batch(
         return batch, counts
     reasons = [quality_reason(t, opts) for t in content_of(batch.to_pydict(), kind)]
     counts.update(r for r in reasons if r)
-    return batch.filter(pa.array([r is None for r in reasons])), counts
+    return batch.filter(pa.array([r is None for r in reasons], type=pa.bool_())), counts
 
 
 class Filter(Stage):
