@@ -28,7 +28,7 @@ from fmlab.data.pipeline.engine import ArrowSink, Runner, Stage
 from fmlab.data.pipeline.hashing import ngram_hashes, normalized_words, word_hashes
 from fmlab.data.pipeline.read import ResolvedSource, iter_rows
 from fmlab.data.pipeline.records import BadRow, SourceSpec, content_of
-from fmlab.data.pipeline.timesplit import run_date_split
+from fmlab.data.pipeline.timesplit import run_date_split, write_labelled
 from fmlab.data.splits import SPLITS, split_of
 
 __all__ = ["Decontaminate", "Split"]
@@ -115,13 +115,8 @@ class Split(Stage):
             tf=p["test_fraction"] if self.enabled else 0.0,
             salt=p["salt"],
         )
-        schema = table.schema.append(pa.field("split", pa.string()))
-        with ArrowSink(out / "data.arrow", schema) as sink:
-            for batch in runner.map(
-                runner.batches(table), task, description="split", total=table.num_rows
-            ):
-                sink.write(batch)
-        return {"in": table.num_rows, "out": sink.rows, "removed": {}}
+        rows = write_labelled(runner, table, out, task, "split")
+        return {"in": table.num_rows, "out": rows, "removed": {}}
 
 
 def _strings(value: Any) -> list[str]:

@@ -13,6 +13,7 @@ Undated records cannot be from the future: they stay in ``train`` (counted; use
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from fmlab.data.pipeline.engine import ArrowSink, Runner
 from fmlab.data.pipeline.records import PrepareError, content_of
 from fmlab.data.splits import split_of
 
-__all__ = ["date_labels", "heldout_bound", "run_date_split"]
+__all__ = ["date_labels", "heldout_bound", "run_date_split", "write_labelled"]
 
 
 def heldout_bound(dates: pa.ChunkedArray | pa.Array, period: str, given: str | None) -> str:
@@ -82,6 +83,20 @@ def _label_batch(batch: pa.RecordBatch, kind: str, key: str, **bounds: Any) -> p
     )
 
 
+def write_labelled(
+    runner: Runner, table: pa.Table, out: Path, task: Callable, description: str
+) -> int:
+    """``task`` (batch → batch + ``split`` column) over ``table`` into ``out/data.arrow``;
+    returns the rows written. Shared by the hash and the date split."""
+    schema = table.schema.append(pa.field("split", pa.string()))
+    with ArrowSink(out / "data.arrow", schema) as sink:
+        for batch in runner.map(
+            runner.batches(table), task, description=description, total=table.num_rows
+        ):
+            sink.write(batch)
+    return sink.rows
+
+
 def run_date_split(
     runner: Runner, table: pa.Table, out: Path, kind: str, params: dict[str, Any]
 ) -> dict[str, Any]:
@@ -103,15 +118,9 @@ def run_date_split(
         test_fraction=params["test_fraction"],
         salt=params["salt"],
     )
-    schema = table.schema.append(pa.field("split", pa.string()))
-    with ArrowSink(out / "data.arrow", schema) as sink:
-        for batch in runner.map(
-            runner.batches(table), task, description="split by date", total=table.num_rows
-        ):
-            sink.write(batch)
     return {
         "in": table.num_rows,
-        "out": sink.rows,
+        "out": write_labelled(runner, table, out, task, "split by date"),
         "removed": {},
         "dates": {
             "heldout_after": bound,
