@@ -31,7 +31,7 @@ from fmlab.methods.adapters import load_trained
 from fmlab.models.heads import TaskHead, final_hidden
 from fmlab.modules.multitask import HEADS_DIR
 from fmlab.tasks.spec import TaskSpec
-from fmlab.utils import atomic_write_text
+from fmlab.utils import atomic_write_text, write_json
 
 __all__ = ["MultiTask", "load_multitask", "main", "predict"]
 
@@ -123,14 +123,22 @@ class MultiTask:
 
 
 def load_multitask(
-    path: str | Path, *, base: str | None = None, dtype: str = "float32"
+    path: str | Path,
+    *,
+    base: str | None = None,
+    dtype: str = "float32",
+    allow_base_mismatch: bool = False,
+    lineage: dict[str, Any] | None = None,
 ) -> MultiTask:
-    """Load a multi-task export (a run dir, its ``export/``, or an adapter/ReFT dir inside)."""
+    """Load a multi-task export (a run dir, its ``export/``, or an adapter/ReFT dir inside);
+    ``base``/``allow_base_mismatch``/``lineage`` as :func:`fmlab.methods.adapters.load_trained`."""
     from safetensors.torch import load_file
 
     p = Path(path)
     heads_dir = _heads_dir(p)
-    model, tokenizer = load_trained(p, base=base, dtype=dtype)
+    model, tokenizer = load_trained(
+        p, base=base, dtype=dtype, allow_base_mismatch=allow_base_mismatch, lineage=lineage
+    )
     meta = json.loads((heads_dir / "tasks.json").read_text())
     specs = {n: TaskSpec.model_validate(s) for n, s in meta["tasks"].items()}
     state = load_file(str(heads_dir / "heads.safetensors"))
@@ -153,6 +161,7 @@ class PredictSchema(BaseModel):
     paths: dict[str, Any]
     model_path: str
     base_model: str | None = None
+    allow_base_mismatch: bool = False
     head: str
     inputs: list[str]
     inputs_file: str | None = None
@@ -160,8 +169,9 @@ class PredictSchema(BaseModel):
     max_new_tokens: Annotated[int, Field(gt=0)] | None = None
 
 
-def predict(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Predict the task ``cfg.head`` for every input; returns ``[{"input", ...prediction}]``."""
+def predict(cfg: DictConfig, lineage: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Predict the task ``cfg.head`` for every input; returns ``[{"input", ...prediction}]``
+    (``lineage``: filled with the base an adapter/ReFT export was loaded onto)."""
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
     try:
         opts = PredictSchema.model_validate(plain)
@@ -172,7 +182,12 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         inputs += [ln for ln in Path(opts.inputs_file).read_text().splitlines() if ln.strip()]
     if not inputs:
         raise ConfigError("fmlab-predict: give inputs=[...] or inputs_file=<file>")
-    mt = load_multitask(opts.model_path, base=opts.base_model)
+    mt = load_multitask(
+        opts.model_path,
+        base=opts.base_model,
+        allow_base_mismatch=opts.allow_base_mismatch,
+        lineage=lineage,
+    )
     if opts.head not in mt.specs:
         raise ConfigError(f"head={opts.head}: the model at {opts.model_path} has tasks {mt.tasks}")
     preds = mt.predict(
@@ -187,9 +202,11 @@ def main(cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    rows = predict(cfg)
+    lineage: dict[str, Any] = {}
+    rows = predict(cfg, lineage)
     out = Path(cfg.paths.output_dir)
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_json(out / "summary.json", {"model_path": cfg.model_path, "lineage": lineage})
     table = Table("input", "prediction", title=f"{cfg.head} ({out / 'predictions.jsonl'})")
     for r in rows:
         shown = r.get("text", r.get("label", r.get("value")))

@@ -21,6 +21,7 @@ from fmlab.evaluation.baselines import unigram_perplexity
 from fmlab.evaluation.periods import period_card
 from fmlab.lineage import check_resumed, pin_config
 from fmlab.methods.adapters import save_trained
+from fmlab.models.positions import check_data_lengths, check_lengths, starting_positions
 from fmlab.reliability import Preempted, PreemptionCheckpoint, resolve_resume, run_dir_lock
 from fmlab.utils import print_config, print_table, write_json
 from fmlab.utils.remote import publish_run, remote_settings
@@ -69,6 +70,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     refs = pin_config(cfg)
     validate_config(cfg)  # before anything is read or built
     preflight(cfg)
+    positions = starting_positions(refs)  # lengths vs the starting model's positions
+    check_lengths(cfg, positions)
     out = Path(cfg.paths.output_dir)
     check_resumed(out / "config.yaml", refs)  # a restarted run: still the same base
     out.mkdir(parents=True, exist_ok=True)
@@ -84,6 +87,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, tokenizer = build_data(
         cfg, init_tokenizer_factory(cfg.get("init_from"), cfg.get("extend_tokenizer"))
     )
+    check_data_lengths(datamodule, positions)  # held-out prompts + generation budget
     rank_zero_only(tokenizer.save_pretrained)(str(out / "tokenizer"))
     # Re-seed: model and adapter initialisation then depend on the seed only, not on how much
     # randomness data preparation happened to draw.

@@ -89,3 +89,43 @@ def test_check_fingerprint_names_both(tmp_path: Path) -> None:
     assert a.fingerprint in str(err.value) and b.fingerprint in str(err.value)
     note = check_fingerprint(a, b, what="adapter x", allow_mismatch=True)
     assert a.fingerprint in note and b.fingerprint in note
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"model_type": "llama", "max_position_embeddings": 128}, ("max_position_embeddings", 128)),
+        ({"model_type": "gpt2", "n_positions": 64, "n_ctx": 64}, ("n_positions", 64)),
+        ({"model_type": "mpt", "max_seq_len": 2048}, ("max_seq_len", 2048)),
+        ({"model_type": "chatglm", "seq_length": 8192}, ("seq_length", 8192)),
+        (
+            {"text_config": {"max_position_embeddings": 4096}},
+            ("text_config.max_position_embeddings", 4096),
+        ),
+        ({"model_type": "mamba"}, None),
+    ],
+)
+def test_positions_key_differs_by_architecture(config, expected) -> None:
+    from fmlab.models.positions import config_positions
+
+    assert config_positions(config) == expected
+
+
+def test_length_check_names_both_keys(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from fmlab.models.positions import check_generation, check_lengths
+
+    ref = resolve_model_ref(str(_tiny(tmp_path / "m", seed=0)), "model.name_or_path")
+    from fmlab.models.positions import starting_positions
+
+    limit = starting_positions({"model": ref})
+    assert limit[1] == 32 and limit[0].endswith("config.json: max_position_embeddings")
+    ok = OmegaConf.create({"data": {"max_length": 32}, "task": {"t": {"max_length": None}}})
+    check_lengths(ok, limit)
+    bad = OmegaConf.create({"data": {"components": {"code": {"block_size": 33}}}})
+    with pytest.raises(ConfigError, match=r"data\.components\.code\.block_size=33 .*= 32"):
+        check_lengths(bad, limit)
+    with pytest.raises(ConfigError, match=r"max_new_tokens=8 .*= 32"):
+        check_generation([10, 25], 8, limit, "max_new_tokens")
+    check_generation([10, 24], 8, limit, "max_new_tokens")

@@ -111,3 +111,19 @@ def test_split_by_date_with_explicit_bounds(tmp_path, dated):
         _prepare(tmp_path / "c", dated, split=Split(by="date", heldout_after="2022-12-31"))
     with pytest.raises(ValueError, match="need split.by=date"):
         Split(heldout_after="2023-01-01")
+
+
+def test_split_by_date_keeps_declared_splits(tmp_path, dated):
+    own = write_jsonl(
+        tmp_path / "own_test.jsonl", [{"text": random_doc(500 + i, 40)} for i in range(4)]
+    )
+    card = prepare_dataset(
+        [{"path": str(dated), "date_field": "when"}, {"path": str(own), "split": "test"}],
+        str(tmp_path / "out"),
+        split=Split(by="date", val_fraction=0.5, test_fraction=0.5),
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    # the declared source is all of test; the held-out 2023Q4 goes to validation (test is taken)
+    assert _docs(card) == {"train": 18 + 3, "validation": 6, "test": 4}

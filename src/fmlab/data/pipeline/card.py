@@ -115,6 +115,12 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"| `{src['source']}` | {_fmt(src['files'] or '-')} | {src['bytes'] / 1e6:.2f} | "
             f"{_fmt(src['rows'])} | {_fmt(src['kept'])} | {_reasons(src['bad'])} |"
         )
+    if card.get("split_sources"):  # which split came from which source (declared or hashed)
+        out += ["", "## Splits by source", "", "| source | declared | " + " | ".join(SPLITS) + " |"]
+        out.append("|---|---|" + "---:|" * len(SPLITS))
+        for label, per in card["split_sources"].items():
+            cells = " | ".join(_fmt(per.get(s, 0)) for s in SPLITS)
+            out.append(f"| `{label}` | {per.get('declared') or 'hash split'} | {cells} |")
     out += ["", "## Domains", "", "| domain | " + " | ".join(SPLITS) + " |"]
     out.append("|---|" + "---:|" * len(SPLITS))
     for dom, per in sorted(card["domains"].items()):

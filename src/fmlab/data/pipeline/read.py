@@ -149,7 +149,9 @@ def resolve_source(
                 f"source '{spec.path}': no such file, or no {sorted(FORMATS)} files match "
                 f"there{ignored}"
             )
-        return ResolvedSource(spec, "hub", [spec.path], [(spec.path, spec.hf_name, spec.split)])
+        return ResolvedSource(
+            spec, "hub", [spec.path], [(spec.path, spec.hf_name, spec.read_split)]
+        )
     unknown = sorted({f for f in files if _format_of(f) is None and not formats.get(f)})
     if unknown:
         raise PrepareError(
@@ -371,16 +373,16 @@ def iter_rows(src: ResolvedSource, cache_dir: str | None = None) -> Iterator[Row
                 f"source '{spec.path}': cannot load the saved dataset: {err}"
             ) from err
         if isinstance(loaded, datasets.DatasetDict):
-            if spec.split not in loaded:
+            if spec.read_split not in loaded:
                 raise PrepareError(
-                    f"source '{spec.path}': no split '{spec.split}' (has {sorted(loaded)})"
+                    f"source '{spec.path}': no split '{spec.read_split}' (has {sorted(loaded)})"
                 )
-            loaded = loaded[spec.split]
+            loaded = loaded[spec.read_split]
         yield from _dataset_rows(loaded, spec.label)
         return
     try:  # a Hub dataset, streamed so that memory stays bounded
         ds = datasets.load_dataset(
-            spec.path, spec.hf_name, split=spec.split, streaming=True, cache_dir=cache_dir
+            spec.path, spec.hf_name, split=spec.read_split, streaming=True, cache_dir=cache_dir
         )
         rows = iter(ds)
         first = next(rows, None)

@@ -2,7 +2,9 @@
 
 Split: train/validation/test by a hash of each record's content
 (:func:`fmlab.data.splits.split_of`), so a document keeps its split however the corpus grows or is
-re-ordered; or, with ``by=date``, by time (:mod:`fmlab.data.pipeline.timesplit`).
+re-ordered; or, with ``by=date``, by time (:mod:`fmlab.data.pipeline.timesplit`). Records of a
+source that declares its split (``SourceSpec.split``) keep that split; undeclared sources are
+split into the splits no source declares.
 
 Decontaminate: drop training records that share a long word n-gram (13 by default, as GPT-3) with
 the validation/test splits or with benchmark files. Text is normalized first (lowercase, no
@@ -29,15 +31,21 @@ from fmlab.data.pipeline.hashing import ngram_hashes, normalized_words, word_has
 from fmlab.data.pipeline.read import ResolvedSource, iter_rows
 from fmlab.data.pipeline.records import BadRow, SourceSpec, content_of
 from fmlab.data.pipeline.timesplit import run_date_split, write_labelled
-from fmlab.data.splits import SPLITS, split_of
+from fmlab.data.splits import SPLITS, hash_fractions, split_of
 
-__all__ = ["Decontaminate", "Split"]
+__all__ = ["Decontaminate", "Split", "split_kwargs"]
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 def _split_batch(
-    batch: pa.RecordBatch, kind: str, by: str, vf: float, tf: float, salt: str
+    batch: pa.RecordBatch,
+    kind: str,
+    by: str,
+    vf: float,
+    tf: float,
+    salt: str,
+    declared: dict[str, str] | None = None,
 ) -> pa.RecordBatch:
     cols = batch.to_pydict()
     if by == "id":
@@ -46,7 +54,11 @@ def _split_batch(
         keys = cols["prompt"]
     else:
         keys = content_of(cols, kind)
-    labels = pa.array([split_of(k, vf, tf, salt) for k in keys], type=pa.string())
+    declared = declared or {}
+    labels = pa.array(
+        [declared.get(src) or split_of(k, vf, tf, salt) for k, src in zip(keys, cols["source"])],
+        type=pa.string(),
+    )
     return pa.RecordBatch.from_arrays(
         [*batch.columns, labels], schema=batch.schema.append(pa.field("split", pa.string()))
     )
@@ -103,20 +115,34 @@ class Split(Stage):
             **(dated if by == "date" else {}),  # other splits keep their fingerprints
         )
 
-    def run(self, runner: Runner, table: pa.Table, out: Path, kind: str) -> dict[str, Any]:
-        p = self.params
-        if p["by"] == "date" and self.enabled:
-            return run_date_split(runner, table, out, kind, p)
-        task = functools.partial(
-            _split_batch,
-            kind=kind,
-            by=p["by"],
-            vf=p["val_fraction"] if self.enabled else 0.0,
-            tf=p["test_fraction"] if self.enabled else 0.0,
-            salt=p["salt"],
-        )
+    def run(
+        self,
+        runner: Runner,
+        table: pa.Table,
+        out: Path,
+        kind: str,
+        declared: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        args = split_kwargs(self, kind, declared)
+        if self.params["by"] == "date" and self.enabled:
+            return run_date_split(runner, table, out, self.params, args)
+        task = functools.partial(_split_batch, **args)
         rows = write_labelled(runner, table, out, task, "split")
         return {"in": table.num_rows, "out": rows, "removed": {}}
+
+
+def split_kwargs(split: Split, kind: str, declared: dict[str, str] | None) -> dict[str, Any]:
+    """Arguments of the per-batch split labelling (local and Spark engines).
+
+    Args:
+        split: The stage.
+        kind: Record kind.
+        declared: Source label -> declared split (sources whose rows all go to one split).
+    """
+    p = split.params
+    vf, tf = (p["val_fraction"], p["test_fraction"]) if split.enabled else (0.0, 0.0)
+    vf, tf = hash_fractions(vf, tf, (declared or {}).values())
+    return dict(kind=kind, by=p["by"], vf=vf, tf=tf, salt=p["salt"], declared=declared or {})
 
 
 def _strings(value: Any) -> list[str]:

@@ -7,7 +7,9 @@ records are divided between validation and test in time when ``test_after`` is g
 ratio ``val_fraction : test_fraction`` (both then measure the same future period).
 
 Undated records cannot be from the future: they stay in ``train`` (counted; use
-``filter.undated=drop`` or ``error`` to exclude or refuse them instead).
+``filter.undated=drop`` or ``error`` to exclude or refuse them instead). Records of a source that
+declares its split keep it; the held-out records go to the split(s) no source declares (all to
+train when sources declare both), and only undeclared sources set the held-out bound.
 """
 
 from __future__ import annotations
@@ -54,32 +56,48 @@ def heldout_bound(dates: pa.ChunkedArray | pa.Array, period: str, given: str | N
 def date_labels(
     dates: list[str | None],
     keys: list[str],
+    sources: list[str],
     heldout_after: str,
     test_after: str | None,
-    val_fraction: float,
-    test_fraction: float,
+    vf: float,
+    tf: float,
     salt: str,
+    declared: dict[str, str],
 ) -> list[str]:
-    """``train``/``validation``/``test`` of each record by its date (see the module docstring)."""
-    held = val_fraction + test_fraction
-    test_share = test_fraction / held if held else 0.0
+    """``train``/``validation``/``test`` of each record by its date (see the module docstring).
+
+    Args:
+        dates, keys, sources: Per record: its date, the content hashed, its source label.
+        heldout_after, test_after: The bounds (``test_after`` None: divide by hash).
+        vf, tf: Validation/test fractions of undeclared sources (0 where a source declares it).
+        salt: Salt of the hash.
+        declared: Source label → declared split.
+    """
+    named = set(declared.values())
+    held_splits = {"validation", "test"} - named
+    test_share = tf / (vf + tf) if vf + tf else float("validation" not in held_splits)
     labels = []
-    for date, key in zip(dates, keys):
-        if date is None or date <= heldout_after:
+    for date, key, src in zip(dates, keys, sources):
+        if src in declared:
+            labels.append(declared[src])
+        elif date is None or date <= heldout_after or not held_splits:
             labels.append("train")
-        elif test_after is not None:
+        elif test_after is not None and held_splits == {"validation", "test"}:
             labels.append("test" if date > test_after else "validation")
-        else:  # same period: by the content hash, in the ratio of the fractions
+        else:  # by the content hash, in the ratio of the fractions
             labels.append(split_of(key, 1.0 - test_share, test_share, salt))
     return labels
 
 
-def _label_batch(batch: pa.RecordBatch, kind: str, key: str, **bounds: Any) -> pa.RecordBatch:
+def _label_batch(
+    batch: pa.RecordBatch, kind: str, by: str, declared: dict[str, str], **bounds: Any
+) -> pa.RecordBatch:
     cols = batch.to_pydict()
-    keys = cols[key] if key in ("id", "prompt") else content_of(cols, kind)
-    labels = pa.array(date_labels(cols["date"], keys, **bounds), type=pa.string())
+    keys = cols["prompt"] if kind == "sft" else content_of(cols, kind)
+    labels = date_labels(cols["date"], keys, cols["source"], declared=declared, **bounds)
     return pa.RecordBatch.from_arrays(
-        [*batch.columns, labels], schema=batch.schema.append(pa.field("split", pa.string()))
+        [*batch.columns, pa.array(labels, type=pa.string())],
+        schema=batch.schema.append(pa.field("split", pa.string())),
     )
 
 
@@ -98,26 +116,27 @@ def write_labelled(
 
 
 def run_date_split(
-    runner: Runner, table: pa.Table, out: Path, kind: str, params: dict[str, Any]
+    runner: Runner, table: pa.Table, out: Path, params: dict[str, Any], args: dict[str, Any]
 ) -> dict[str, Any]:
-    """The split stage with ``by=date``: adds the ``split`` column; returns the stage stats."""
-    bound = heldout_bound(table.column("date"), params["period"], params["heldout_after"])
+    """The split stage with ``by=date``: adds the ``split`` column; returns the stage stats.
+
+    Args:
+        runner, table, out: As every stage's ``run``.
+        params: The split stage's settings.
+        args: Its per-batch arguments (:func:`fmlab.data.pipeline.split.split_kwargs`: kind,
+            fractions after declared splits, salt, declared sources).
+    """
+    declared = args["declared"]
+    undeclared = pc.invert(pc.is_in(table.column("source"), pa.array(list(declared), pa.string())))
+    dates = table.filter(undeclared).column("date")
+    bound = heldout_bound(dates, params["period"], params["heldout_after"])
     test_after = params["test_after"]
     if test_after is not None and test_after <= bound:
         raise PrepareError(
             f"split.test_after={test_after} must be after split.heldout_after={bound} "
             "(validation is heldout_after < date <= test_after, test is later)"
         )
-    task = functools.partial(
-        _label_batch,
-        kind=kind,
-        key="prompt" if kind == "sft" else "text",
-        heldout_after=bound,
-        test_after=test_after,
-        val_fraction=params["val_fraction"],
-        test_fraction=params["test_fraction"],
-        salt=params["salt"],
-    )
+    task = functools.partial(_label_batch, **args, heldout_after=bound, test_after=test_after)
     return {
         "in": table.num_rows,
         "out": write_labelled(runner, table, out, task, "split by date"),
@@ -125,6 +144,6 @@ def run_date_split(
         "dates": {
             "heldout_after": bound,
             "test_after": test_after,
-            "undated_in_train": table.column("date").null_count,
+            "undated_in_train": dates.null_count,
         },
     }
