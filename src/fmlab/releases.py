@@ -155,12 +155,12 @@ class ReleaseDataModule(MixtureDataModule):
         eval_stride: Annotated[int, Field(gt=0)] | None = None,
         progress: bool = True,
     ) -> None:
-        self.specs = [
+        self.sources = [
             SourceSpec(path=s) if isinstance(s, str) else SourceSpec(**dict(s)) for s in sources
         ]
-        if not self.specs:
+        if not self.sources:
             raise ConfigError("data.sources: a release needs at least one dated source")
-        for i, spec in enumerate(self.specs):
+        for i, spec in enumerate(self.sources):
             if not spec.date_field:
                 raise ConfigError(
                     f"data.sources[{i}] ({spec.label}): no date_field; a release selects records "
@@ -196,7 +196,7 @@ class ReleaseDataModule(MixtureDataModule):
         if periods is not None and periods not in PERIODS:
             raise ConfigError(f"data.periods={periods!r}: expected one of {PERIODS} or null")
         self.replay_parts = self._replay_parts(replay_sources, replay)
-        components = {"new": self._part(self.specs, self.after, self.until, undated)}
+        components = {"new": self._part(self.sources, self.after, self.until, undated)}
         weights = {}
         for i, part in enumerate(self.replay_parts):
             name = "replay" if len(self.replay_parts) == 1 else f"replay{i + 1}"
@@ -260,7 +260,7 @@ class ReleaseDataModule(MixtureDataModule):
             ConfigError: Nothing in the sources is dated inside the window (before training).
         """
         cache_dir = self.part_settings["cache_dir"]
-        dates = source_dates(self.specs, cache_dir)
+        dates = source_dates(self.sources, cache_dir)
         dated = [d for d in dates if d is not None]
         inside = sum(
             n for d, n in dates.items()
@@ -289,7 +289,7 @@ class ReleaseDataModule(MixtureDataModule):
     def _prepare_periods(self, labels: list[str], tok: Any) -> None:
         for label in labels:
             first, last = period_bounds(label)
-            part = self._part(self.specs, previous_day(first), last, "drop")
+            part = self._part(self.sources, previous_day(first), last, "drop")
             part.batch_size = 1  # evaluation only: no training batch needed
             try:
                 part.prepare(fixed_tokenizer(tok))
@@ -346,7 +346,7 @@ def release_facts(cfg: Any, datamodule: Any) -> dict[str, Any]:
     new = dm.components["new"].stats
     data = [
         {
-            "sources": [_portable(s) for s in dm.specs],
+            "sources": [_portable(s) for s in dm.sources],
             "after": dm.after,
             "before": cutoff,
             "undated": dm.undated,
