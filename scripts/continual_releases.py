@@ -2,8 +2,8 @@
 
 Generates a dated news corpus with drift (names, facts and trend words that change every
 quarter), trains release 1 and the chains of updates and retrainings (see
-:mod:`fmlab.evaluation.releases_study`), and writes ``continual-releases.json``, ``.png`` and
-``-table.md`` into ``--out``.
+:mod:`fmlab.evaluation.releases_study`), writes ``continual-releases.json`` (all numbers and
+the table) and ``continual-releases.png`` into ``--out``, and prints the table.
 
     python scripts/continual_releases.py                        # about 20 min on 2 cores
     python scripts/continual_releases.py --update-steps 60 --replay 0.25

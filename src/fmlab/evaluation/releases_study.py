@@ -11,8 +11,8 @@ held-out set of every quarter (``val/period/<q>/ppl``, the same sets and tokeniz
   as the update chain spent up to ``k`` (release 1's tokenizer, so perplexities compare).
 
 Compute per model: training tokens, FLOPs (``6 * parameters * tokens``) and fit wall time;
-``cumulative`` adds what the chain spent before (an update costs its own tokens, a retraining
-all of them again).
+``cumulative`` adds what the arm spent on earlier releases (an update costs its own tokens, a
+retraining all of them again).
 """
 
 from __future__ import annotations
@@ -263,11 +263,12 @@ def plot_study(results: dict[str, Any], path: Path) -> Path:
 
 
 def write_study(results: dict[str, Any], out: Path, stem: str = "continual-releases") -> str:
-    """``<stem>.json`` (results + rows), ``<stem>.png`` and the Markdown table; returns it."""
+    """Write ``<stem>.json`` (results, rows and the table) and ``<stem>.png``; return the
+    Markdown table (what the results page shows)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = study_rows(results)
-    (out / f"{stem}.json").write_text(json.dumps({**results, "rows": rows}, indent=2))
-    plot_study(results, out / f"{stem}.png")
     table = "\n".join(_table(rows, results["quarters"])) + "\n"
-    (out / f"{stem}-table.md").write_text(table)
+    payload = {**results, "rows": rows, "table": table}
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+    plot_study(results, out / f"{stem}.png")
     return table
