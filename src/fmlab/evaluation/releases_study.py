@@ -10,7 +10,8 @@ held-out set of every quarter (``val/period/<q>/ppl``, the same sets and tokeniz
 - ``retrain``: release ``k`` trained from scratch on quarters ``1..k`` for the same total tokens
   as the update chain spent up to ``k`` (release 1's tokenizer, so perplexities compare).
 
-Compute per model: training tokens, FLOPs (``6 * parameters * tokens``) and fit wall time;
+Compute per model: training tokens, FLOPs (``6 * parameters * tokens``), CPU seconds of the whole
+run and fit wall time (which swings with other jobs on a shared machine);
 ``cumulative`` adds what the arm spent on earlier releases (an update costs its own tokens, a
 retraining all of them again).
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fmlab.data.pipeline.dates import period_bounds
+from fmlab.data.pipeline.engine import cpu_seconds
 from fmlab.evaluation.drift_corpus import write_drift_corpus
 from fmlab.evaluation.periods import period_values
 
@@ -82,14 +84,14 @@ def _common(plan: StudyPlan, corpus: Path, steps: int) -> list[str]:
     ]
 
 
-def _record(summary: dict[str, Any]) -> dict[str, Any]:
+def _record(summary: dict[str, Any], cpu_s: float) -> dict[str, Any]:
     tokens = int(summary["tokens_seen"])
     return {
         "ppl": period_values(summary),
         "tokens": tokens,
         "flops": 6 * int(summary["params_total"]) * tokens,
         "fit_s": round(float(summary["fit_s"]), 1),
-        "export": summary["paths"]["export_dir"],
+        "cpu_s": round(cpu_s, 1),
     }
 
 
@@ -113,6 +115,13 @@ def run_study(
         def train_fn(overrides: list[str], out: Path) -> dict[str, Any]:
             return train(compose_config("train", overrides, output_dir=out))
 
+    def run(overrides: list[str], out: Path) -> dict[str, Any]:
+        """One model: its record, with the CPU seconds of the whole run (preparation,
+        training, evaluation, export): unlike wall time, about the same on a busy machine."""
+        c0 = cpu_seconds()
+        summary = train_fn(overrides, out)
+        return {**_record(summary, cpu_seconds() - c0), "export": summary["paths"]["export_dir"]}
+
     if plan.releases > plan.quarters:
         raise ValueError("StudyPlan: more releases than quarters of data")
     runs.mkdir(parents=True, exist_ok=True)
@@ -125,7 +134,7 @@ def run_study(
     )
     cutoffs = [period_bounds(q)[1] for q in quarters[: plan.releases]]
     t0 = time.time()
-    first = train_fn(
+    first = run(
         [
             "data=release",
             f"data.until={cutoffs[0]}",
@@ -134,12 +143,12 @@ def run_study(
         ],
         runs / "release1",
     )
-    tokenizer = first["paths"]["export_dir"]
-    models: dict[str, list[dict[str, Any]]] = {arm: [_record(first)] for arm in ARMS}
+    tokenizer = first["export"]
+    models: dict[str, list[dict[str, Any]]] = {arm: [first] for arm in ARMS}
     for arm, replay in (("no replay", 0.0), ("replay", plan.replay)):
         parent = tokenizer
         for k in range(2, plan.releases + 1):
-            summary = train_fn(
+            rec = run(
                 [
                     "experiment=continual_update",
                     f"init_from={parent}",
@@ -149,11 +158,11 @@ def run_study(
                 ],
                 runs / f"{arm.replace(' ', '_')}{k}",
             )
-            models[arm].append(_record(summary))
-            parent = summary["paths"]["export_dir"]
+            models[arm].append(rec)
+            parent = rec["export"]
     for k in range(2, plan.releases + 1):
         steps = plan.first_steps + (k - 1) * plan.update_steps  # the chain's tokens up to k
-        summary = train_fn(
+        rec = run(
             [
                 "data=release",
                 f"data.until={cutoffs[k - 1]}",
@@ -163,7 +172,7 @@ def run_study(
             ],
             runs / f"retrain{k}",
         )
-        models["retrain"].append(_record(summary))
+        models["retrain"].append(rec)
     models["frozen"] = models["frozen"] * plan.releases  # release 1 at every release
     return {
         "plan": asdict(plan),
@@ -192,6 +201,7 @@ def study_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         tokens = _cumulative(arm, recs, "tokens")
         flops = _cumulative(arm, recs, "flops")
         wall = _cumulative(arm, recs, "fit_s")
+        cpu = _cumulative(arm, recs, "cpu_s")
         for k, rec in enumerate(recs, 1):
             past = [rec["ppl"][q] for q in quarters[:k] if q in rec["ppl"]]
             future = [rec["ppl"][q] for q in quarters[k:] if q in rec["ppl"]]
@@ -206,6 +216,7 @@ def study_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "cumulative_tokens": tokens[k - 1],
                     "cumulative_flops": flops[k - 1],
                     "cumulative_fit_s": wall[k - 1],
+                    "cumulative_cpu_s": cpu[k - 1],
                 }
             )
     return rows
@@ -213,13 +224,14 @@ def study_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _table(rows: list[dict[str, Any]], quarters: list[str]) -> list[str]:
     head = ["arm", "release", *quarters, "mean ≤ cutoff", "tokens", "cumulative tokens"]
-    head += ["cumulative FLOPs", "cumulative fit s"]
+    head += ["cumulative FLOPs", "cumulative CPU s", "cumulative fit s (wall)"]
     out = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"
     for r in rows:
         cells = [r["arm"], str(r["release"]), *(fmt(r[q]) for q in quarters), fmt(r["past_mean"])]
         cells += [f"{r['tokens']:,}", f"{r['cumulative_tokens']:,.0f}"]
-        cells += [f"{r['cumulative_flops']:.2e}", f"{r['cumulative_fit_s']:.0f}"]
+        cells += [f"{r['cumulative_flops']:.2e}", f"{r['cumulative_cpu_s']:.0f}"]
+        cells.append(f"{r['cumulative_fit_s']:.0f}")
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -241,7 +253,7 @@ def plot_study(results: dict[str, Any], path: Path) -> Path:
             r = next(r for r in rows if r["arm"] == arm and r["release"] == k)
             ax.plot(quarters, [r[q] for q in quarters], marker="o", ms=3, color=f"C{i}", label=arm)
         ax.axvspan(k - 0.5, len(quarters) - 0.5, color="0.92")  # the future of release k
-        ax.set(title=f"after release {k}", xlabel="quarter", ylabel="held-out ppl")
+        ax.set(title=f"after release {k}", xlabel="quarter", ylabel="held-out ppl", yscale="log")
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -249,11 +261,9 @@ def plot_study(results: dict[str, Any], path: Path) -> Path:
     for i, arm in enumerate(ARMS):
         pts = [(r["cumulative_tokens"], r["past_mean"]) for r in rows if r["arm"] == arm]
         ax.plot(*zip(*pts), marker="o", ms=3, color=f"C{i}", label=arm)
-    ax.set(
-        xscale="log",
-        xlabel="cumulative training tokens",
-        ylabel="mean ppl, quarters up to the cutoff",
-    )
+    ax.set(xscale="log", yscale="log", xlabel="cumulative training tokens")
+    ax.set_ylabel("mean ppl, quarters up to the cutoff")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_title("quality vs. compute", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
