@@ -5,7 +5,7 @@ quarter), trains release 1 and the chains of updates and retrainings (see
 :mod:`fmlab.evaluation.releases_study`), writes ``continual-releases.json`` (all numbers and
 the table) and ``continual-releases.png`` into ``--out``, and prints the table.
 
-    python scripts/continual_releases.py                        # about 20 min on 2 cores
+    python scripts/continual_releases.py        # 384 CPU s (~7 min idle; 44 min at load 12-41)
     python scripts/continual_releases.py --update-steps 60 --replay 0.25
 
 One torch thread by default (``--threads``): on a shared machine with more runnable processes

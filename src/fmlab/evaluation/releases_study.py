@@ -37,7 +37,7 @@ ARMS = ("frozen", "no replay", "replay", "retrain")
 
 @dataclass(frozen=True)
 class StudyPlan:
-    """Sizes of the study (the defaults fit ~20 minutes on 2 CPU cores)."""
+    """Sizes of the study (the defaults: about 380 CPU seconds with one torch thread)."""
 
     quarters: int = 5  # of data; the last ones are the future for early releases
     releases: int = 4
