@@ -34,6 +34,7 @@ __all__ = [
     "default_cache_dir",
     "find_run_dir",
     "fingerprint",
+    "is_hub_name",
     "pin_config",
     "resolve_model_ref",
 ]
@@ -207,6 +208,21 @@ def _hub_commit(name: str, revision: str | None) -> str | None:
     return commit if _COMMIT.match(commit) else None
 
 
+def is_hub_name(value: str) -> bool:
+    """Whether ``value`` reads as a Hub model name (``name`` or ``org/name``) rather than a local
+    path: no leading ``.``/``/``/``~``, at most one ``/``, and no first part that is a local
+    directory (``logs/export`` with ``logs/`` here is a missing local path)."""
+    raw = Path(value).expanduser()
+    return not (
+        value.startswith((".", "/", "~"))
+        or value.endswith(".ckpt")
+        or not _HUB_NAME.match(value)
+        or "--" in value
+        or ".." in value
+        or (len(raw.parts) > 1 and Path(raw.parts[0]).is_dir())
+    )
+
+
 def _missing(key: str, value: str | None, where: Path | None, hint: str | None) -> ConfigError:
     at = "not set" if value is None else f"no model at {value}"
     if where is not None and str(where) != value:
@@ -296,15 +312,7 @@ def resolve_model_ref(
         fp = fingerprint(model_dir, cache_dir=cache_dir)
         return ModelRef(given, str(model_dir), "local", fp, run_id, str(run) if run else None)
     # Not on disk: a Hub name, or a local path that is missing.
-    looks_local = (
-        given.startswith((".", "/", "~"))
-        or given.endswith(".ckpt")
-        or not _HUB_NAME.match(given)
-        or "--" in given
-        or ".." in given
-        or (len(raw.parts) > 1 and Path(raw.parts[0]).is_dir())
-    )
-    if looks_local:
+    if not is_hub_name(given):
         raise _missing(key, given, path, hint)
     commit = _hub_commit(given, revision)
     pin = commit or f"{revision or 'main'} (unpinned)"

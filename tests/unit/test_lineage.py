@@ -13,17 +13,12 @@ from fmlab.config import ConfigError
 from fmlab.lineage import ModelRef, check_fingerprint, fingerprint, resolve_model_ref
 
 
-def _tiny(path: Path, seed: int) -> Path:
+def _tiny(path: Path, seed: int, **config) -> Path:
+    """A tiny Llama saved at ``path`` (32 positions); ``config`` overrides its settings."""
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=32,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(str(path))
+    shape = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    shape.update(num_attention_heads=2, max_position_embeddings=32, **config)
+    LlamaForCausalLM(LlamaConfig(**shape)).save_pretrained(str(path))
     return path
 
 

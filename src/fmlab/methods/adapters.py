@@ -30,7 +30,13 @@ from transformers import PreTrainedTokenizerBase
 
 from fmlab.config import ConfigError
 from fmlab.data.tokenizer import pretrained as load_tokenizer
-from fmlab.lineage import ModelRef, check_fingerprint, fingerprint, resolve_model_ref
+from fmlab.lineage import (
+    ModelRef,
+    check_fingerprint,
+    fingerprint,
+    is_hub_name,
+    resolve_model_ref,
+)
 from fmlab.methods.lora import load_lora, merge_lora
 from fmlab.models.build import pretrained as load_hf_model
 from fmlab.models.export import export_hf
@@ -148,7 +154,8 @@ def recorded_base(export: Path) -> tuple[ModelRef | None, dict[str, Any]]:
         name = cfg.get("base_model_name_or_path")
     if not name:
         return None, lineage
-    return ModelRef(given=name, path=name, kind="local", fingerprint=""), lineage
+    kind = "hub" if is_hub_name(name) and not Path(name).exists() else "local"
+    return ModelRef(given=name, path=name, kind=kind, fingerprint=""), lineage
 
 
 def _find_base(
@@ -165,7 +172,11 @@ def _find_base(
         recorded = ModelRef(actual.given, actual.path, "local", bundled["fingerprint"])
     elif recorded is None:
         raise ConfigError(f"{what} does not record its base model; pass base_model=<its base>")
-    elif not recorded.fingerprint and not Path(recorded.path).expanduser().is_absolute():
+    elif (
+        not recorded.fingerprint
+        and not Path(recorded.path).expanduser().is_absolute()
+        and not is_hub_name(recorded.path)
+    ):
         raise ConfigError(
             f"{what} records its base as the relative path '{recorded.path}' (written by an "
             "older fmlab; such a path moves with the working directory and with `latest`); "

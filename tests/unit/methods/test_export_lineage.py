@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.unit.test_lineage import _tiny
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fmlab.config import ConfigError
 from fmlab.lineage import resolve_model_ref
@@ -21,18 +22,7 @@ from fmlab.methods.reft import loreft
 
 
 def _base(path: Path) -> Path:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=16,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=32,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(str(path))
+    _tiny(path, 0, vocab_size=16, num_hidden_layers=2, eos_token_id=1, pad_token_id=0)
     vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *"abcdefghijklm"])}
     tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = Whitespace()
@@ -82,3 +72,17 @@ def test_include_base_makes_the_export_self_contained(method, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ConfigError, match="fingerprint"):
         load_trained(tmp_path / "moved" / "export")
+
+
+def test_legacy_adapter_with_a_relative_base_is_refused(tmp_path):
+    base_dir = _base(tmp_path / "base")
+    model = lora(LlamaForCausalLM.from_pretrained(str(base_dir)), r=2)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(base_dir))
+    adapter = Path(save_trained(model, tok, tmp_path / "export", {})["adapter"])
+    (adapter / "fmlab_lineage.json").unlink()  # as written before fingerprints existed
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "logs/train/latest/export"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="relative path 'logs/train/latest/export'.*base_model="):
+        load_trained(adapter)
+    load_trained(adapter, base=str(base_dir))  # the explicit base works (nothing to compare)
