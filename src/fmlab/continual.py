@@ -221,4 +221,7 @@ def provenance(cfg: DictConfig, datamodule: Any, tokens_seen: int) -> dict[str, 
             "init": extension.get("init"),
             "added_tokens": added_tokens(datamodule.tokenizer, n_base),
         }
+    from fmlab.releases import release_facts  # a release: window, new cutoff, chain (data=release)
+
+    facts.update(release_facts(cfg, datamodule))
     return facts

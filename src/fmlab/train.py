@@ -59,6 +59,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     from fmlab.continual import init_tokenizer_factory, provenance
     from fmlab.distributed import unsharded_model
     from fmlab.evaluation.baselines import unigram_perplexity
+    from fmlab.evaluation.periods import period_card
     from fmlab.methods.adapters import save_trained
     from fmlab.models.positions import check_data_lengths, check_lengths, starting_positions
     from fmlab.reliability import Preempted, PreemptionCheckpoint, resolve_resume
@@ -193,6 +194,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                 **provenance(cfg, datamodule, tokens_seen),
                 **{k: v for k, v in summary.items() if "/" in k},
             }
+            card.update(period_card(summary, getattr(datamodule, "period_info", None)))
             loader = datamodule.val_dataloader()
             loader = loader[0] if isinstance(loader, list) else loader  # multi-task: per task
             sample = next(iter(loader))["input_ids"][:4]

@@ -11,6 +11,11 @@ GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not 
 REQUIRED = {
     ("data", "files"): ["data.sources=[x.jsonl]"],
     ("data", "prepared"): ["data.path=some/dir"],
+    ("data", "release"): ["data.sources=[{path: x.jsonl, date_field: date}]"],
+    ("experiment", "continual_update"): [
+        "init_from=some/dir",
+        "data.sources=[{path: x.jsonl, date_field: date}]",
+    ],
     ("data", "sft_files"): ["data.sources=[x.jsonl]"],
     ("model", "pretrained"): ["model.name_or_path=some/dir"],
     ("tokenizer", "pretrained"): ["tokenizer.name_or_path=some/dir"],

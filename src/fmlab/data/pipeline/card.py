@@ -137,6 +137,19 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"{_fmt(dates['with_date'])} records dated from {dates['min']} to {dates['max']} "
             f"(data cutoff **{dates['cutoff']}**); {_fmt(dates['without_date'])} without a date."
         )
+        spans = dates.get("by_split") or {}
+        out += [f"- {s}: {spans[s]['min']} .. {spans[s]['max']}" for s in SPLITS if s in spans]
+        window = card["stages"].get("filter", {}).get("dates")
+        if window:
+            out.append(
+                f"- window: after {window['after'] or '-'} (exclusive), on or before "
+                f"{window['before'] or '-'}; {_fmt(window['undated'])} undated record(s) "
+                f"({window['undated_policy']})"
+            )
+        held = card["stages"].get("split", {}).get("dates")
+        if held:
+            test = f", test after {held['test_after']}" if held["test_after"] else ""
+            out.append(f"- split by date: held out after {held['heldout_after']}{test}")
     else:
         out.append("No record carries a date (set `date_field` on a source to record one).")
     dup = card.get("duplicates")

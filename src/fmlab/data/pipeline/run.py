@@ -138,6 +138,7 @@ def _summaries(records: pa.Table, seg_stats: dict[str, Any] | None) -> dict[str,
     for split, per in ((seg_stats or {}).get("domains") or {}).items():
         for dom, c in per.items():
             domains.setdefault(dom, {}).setdefault(split, {}).update(c)
+    spans = records.group_by("split").aggregate([("date", "min"), ("date", "max")]).to_pylist()
     return {
         "dates": {
             "with_date": len(valid),
@@ -145,6 +146,12 @@ def _summaries(records: pa.Table, seg_stats: dict[str, Any] | None) -> dict[str,
             "min": lo_hi["min"],
             "max": lo_hi["max"],
             "cutoff": lo_hi["max"],
+            # per split: what a model trained on this data saw (train) and is measured on
+            "by_split": {
+                r["split"]: {"min": r["date_min"], "max": r["date_max"]}
+                for r in spans
+                if r["date_max"] is not None
+            },
         },
         "domains": domains,
     }

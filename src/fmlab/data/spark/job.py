@@ -62,6 +62,8 @@ def _check(structure: Structure, split: Split, segment: Any, tokenizer: Any) -> 
         )
     if split.params["by"] == "prompt" and kind != "sft":
         raise PrepareError(f"split.by=prompt needs structure.kind=sft (kind is '{kind}')")
+    if split.params["by"] == "date":  # its held-out bound is a property of the whole corpus
+        raise PrepareError("split.by=date runs on engine=local only (engine is spark)")
 
 
 def prepare_on_spark(
