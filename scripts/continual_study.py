@@ -1,25 +1,23 @@
-"""The continued pre-training study of the README: general English → code, forgetting measured.
+"""The continued pre-training study (docs/results/continual.md): English → code, forgetting.
 
-Pre-trains the tiny Llama on the embedded English corpus, continues it on the code corpus with
-each variant (replay share, KL, L2-SP), then writes ``results.json``, ``table.md`` and
-``forgetting.png`` (domain gain vs. retention loss over steps), plus ``schedules.png``.
+Pre-trains the tiny Llama on the embedded English corpus (or takes ``--base``), continues it on the
+code corpus with each variant (replay share, KL, L2-SP) once per seed, then writes ``results.json``,
+``table.md`` (mean ± std over seeds) and ``forgetting.png`` (domain gain vs. retention loss), plus
+``schedules.png``. Finished runs are reused, so an interrupted study continues where it stopped.
 
-    python scripts/continual_study.py --out docs/continual            # about 25 min on 2 cores
+    python scripts/continual_study.py --out docs/continual --seeds 1 2 3   # ~1 h on 2 cores
     python scripts/continual_study.py --base <run dir> --variants replay0=data.replay=0
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from fmlab.callbacks.forgetting import comparison_rows, plot_report
-from fmlab.config import compose_config
+from fmlab.evaluation.continual_study import run_variants, write_study
+from fmlab.evaluation.seeds import train_once
 from fmlab.modules.schedules import constant_factor, cosine_factor, wsd_factor
-from fmlab.train import train
 
-QUIET = ["print_config=false", "callbacks.progress_bar=null"]
 VARIANTS = {
     "replay 0%": ["data.replay=0"],
     "replay 5%": ["data.replay=0.05"],
@@ -66,6 +64,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("logs/continual_study"))
     parser.add_argument("--base", help="an existing base run (default: pre-train one)")
     parser.add_argument("--base-steps", type=int, default=600)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--variants", nargs="*", help="label=override,override ...")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every continued run")
     args = parser.parse_args()
@@ -74,46 +73,14 @@ def main() -> None:
     base = args.base
     if base is None:
         base = str(args.runs / "base")
-        cfg = compose_config(
-            "train",
-            ["experiment=pretrain_tiny", f"trainer.max_steps={args.base_steps}", *QUIET],
-            output_dir=base,
-        )
-        train(cfg)
+        train_once(Path(base), ["experiment=pretrain_tiny", f"trainer.max_steps={args.base_steps}"])
     variants = VARIANTS
     if args.variants:
         variants = dict(v.split("=", 1) for v in args.variants)
         variants = {k: v.split(",") for k, v in variants.items()}
-    reports, summaries = {}, {}
-    for label, overrides in variants.items():
-        run = args.runs / label.replace(" ", "_").replace("%", "pct").replace("+", "")
-        cfg = compose_config(
-            "train",
-            ["experiment=continual_code", f"init_from={base}", *QUIET, *overrides, *args.overrides],
-            output_dir=run,
-        )
-        summary = train(cfg)
-        summaries[label] = {k: v for k, v in summary.items() if not isinstance(v, dict)}
-        reports[label] = json.loads((run / "forgetting" / "report.json").read_text())
-    rows = comparison_rows(reports)
-    plot_report({k: r["history"] for k, r in reports.items()}, args.out / "forgetting.png")
-    (args.out / "results.json").write_text(
-        json.dumps({"base": base, "variants": variants, "rows": rows, "reports": reports}, indent=2)
-    )
-    lines = [
-        "| run | code ppl start → end | domain gain | English ppl start → end | general loss "
-        "| KL to base |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['run']} | {r['domain_ppl_start']:.1f} → {r['domain_ppl_end']:.1f} "
-            f"| {r['domain_gain_pct']:.1f}% | {r['retention_ppl_start']:.1f} → "
-            f"{r['retention_ppl_end']:.1f} | {r['retention_loss_pct']:+.1f}% "
-            f"| {r['kl_to_base']:.3f} |"
-        )
-    (args.out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    reports = run_variants(base, args.runs, variants, args.seeds, overrides=args.overrides)
+    meta = {"base": base, "seeds": args.seeds, "variants": variants, "overrides": args.overrides}
+    print(write_study(reports, args.out, meta))
 
 
 if __name__ == "__main__":

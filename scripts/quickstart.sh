@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # One command from a fresh checkout: set up (idempotent), then run.
 #   bash scripts/quickstart.sh train [overrides...]   pre-train on the embedded default corpus
-#   bash scripts/quickstart.sh test  [pytest args...] run the test suite
-#   bash scripts/quickstart.sh setup                  only set up
+#                                                     (installs the core package only)
+#   bash scripts/quickstart.sh test  [pytest args...] run the test suite (installs fmlab[dev]:
+#                                                     every extra plus the test tools)
+#   bash scripts/quickstart.sh setup                  only set up (core; FMLAB_EXTRAS=dev for all)
 # Environment: PYTHON (interpreter, default python3), FMLAB_VENV (default .venv),
-# FMLAB_TORCH (torch requirement installed first when torch is missing, default torch==2.13.0).
+# FMLAB_TORCH (torch requirement installed first when torch is missing, default torch==2.13.0),
+# FMLAB_EXTRAS (extras to install, e.g. "eval,sweeps"; default: none for train/setup, dev for test).
+# docs/get-started/install.md lists the extras and what each one enables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmd=${1:-train}
 shift || true
+case "$cmd" in
+  train | setup) extras=${FMLAB_EXTRAS:-} ;;
+  test) extras=${FMLAB_EXTRAS:-dev} ;;
+  *) echo "usage: $0 {train|test|setup} [args...]" >&2; exit 2 ;;
+esac
 
 PY=${PYTHON:-python3}
 VENV=${FMLAB_VENV:-.venv}
@@ -17,24 +26,29 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
-stamp="$VENV/.fmlab-installed"
-want=$(cat pyproject.toml | sha1sum | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$VPY" -m pip install -q --upgrade pip
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# One stamp per installed set, holding the pyproject.toml it was installed from: a venv set up
+# for `test` (dev: everything) also serves `train` (core) without another pip run.
+hash=$(sha1sum pyproject.toml | cut -d' ' -f1)
+stamp() { echo "$VENV/.fmlab-installed-${1:-core}"; }
+installed() { [ -f "$(stamp "$1")" ] && [ "$(cat "$(stamp "$1")")" = "$hash" ]; }
+if ! installed "$extras" && ! { [ -z "$extras" ] && installed dev; }; then
   # Install torch before the project: the project asks for a range, which an installed torch
-  # satisfies. On CPU-only machines of this project torch==2.13.0 is a local CPU build.
+  # satisfies. On CPU-only machines of this project torch==2.13.0 is a local CPU build; on a GPU
+  # machine the same requirement brings PyPI's CUDA build.
   if ! "$VPY" -c "import torch" 2>/dev/null; then
     echo "[fmlab] installing ${FMLAB_TORCH:-torch==2.13.0}"
     "$VPY" -m pip install -q "${FMLAB_TORCH:-torch==2.13.0}"
   fi
-  echo "[fmlab] installing fmlab and its dependencies"
-  "$VPY" -m pip install -q -e ".[dev]"
-  echo "$want" > "$stamp"
+  target="."
+  [ -n "$extras" ] && target=".[$extras]"
+  echo "[fmlab] installing fmlab ${extras:+[$extras] }and its dependencies"
+  "$VPY" -m pip install -q -e "$target"
+  echo "$hash" > "$(stamp "$extras")"
 fi
 
 case "$cmd" in
   setup) echo "[fmlab] ready: source $VENV/bin/activate" ;;
   train) exec "$VENV/bin/fmlab-train" "$@" ;;
   test) exec "$VPY" -m pytest "$@" ;;
-  *) echo "usage: $0 {train|test|setup} [args...]" >&2; exit 2 ;;
 esac

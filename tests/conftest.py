@@ -105,3 +105,21 @@ def synthetic_overrides(jsonl: Path) -> list[str]:
         "data.test_fraction=0.1",
         "tokenizer.vocab_size=300",
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory, small_jsonl: Path) -> dict:
+    """A tiny pre-trained model (10 steps, 64 positions) trained once per session: its summary.
+
+    Its runs live under their own ``paths.log_dir`` (``<root>/logs``), so ``<root>/logs/train/
+    latest`` points at it until a test trains another model there.
+    """
+    root = tmp_path_factory.mktemp("tiny_base")
+    return run_train(
+        root / "run",
+        *synthetic_overrides(small_jsonl),
+        "run_test=false",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=5",
+        f"paths.log_dir={root / 'logs'}",
+    )

@@ -54,34 +54,21 @@ class InitSource:
 def resolve_init(value: str) -> InitSource:
     """Classify ``init_from`` (see the module docstring); local paths are checked here.
 
+    The location comes from :func:`fmlab.lineage.resolve_model_ref` (absolute, symlinks
+    resolved), the same resolution ``fmlab-train`` pins in ``config.yaml``.
+
     Raises:
         ConfigError: A path that exists but holds no model, or a checkpoint without its run's
             ``config.yaml``/``tokenizer/``.
     """
-    path = Path(value).expanduser()
-    if path.is_file():
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        if not (run / "config.yaml").is_file() or not (run / "tokenizer").is_dir():
-            raise ConfigError(
-                f"init_from={value}: a checkpoint needs its run's config.yaml and tokenizer/ "
-                f"(looked in {run})"
-            )
-        return InitSource(value, "checkpoint", str(path), str(run / "tokenizer"))
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return InitSource(value, "hf", str(path), str(path))
-        for sub in ("export/merged", "export", "merged"):
-            if (path / sub / "config.json").is_file():
-                return InitSource(value, "hf", str(path / sub), str(path / sub))
-        if (path / "checkpoints" / "last.ckpt").is_file():
-            return resolve_init(str(path / "checkpoints" / "last.ckpt"))
-        raise ConfigError(
-            f"init_from={value}: no model here (expected config.json, an fmlab run's export/ or "
-            "checkpoints/last.ckpt)"
-        )
-    if value.endswith(".ckpt") or value.startswith((".", "/", "~")):
-        raise ConfigError(f"init_from={value}: no such file or directory")
-    return InitSource(value, "hf", value, value)  # a Hub name
+    from fmlab.lineage import resolve_model_ref
+
+    ref = resolve_model_ref(value, "init_from", allow_checkpoint=True)
+    if ref.kind == "checkpoint":
+        run = Path(ref.path).parent
+        run = run.parent if run.name == "checkpoints" else run
+        return InitSource(value, "checkpoint", ref.path, str(run / "tokenizer"))
+    return InitSource(value, "hf", ref.path, ref.path)
 
 
 def extension_active(extension: Any) -> bool:
@@ -234,4 +221,7 @@ def provenance(cfg: DictConfig, datamodule: Any, tokens_seen: int) -> dict[str, 
             "init": extension.get("init"),
             "added_tokens": added_tokens(datamodule.tokenizer, n_base),
         }
+    from fmlab.releases import release_facts  # a release: window, new cutoff, chain (data=release)
+
+    facts.update(release_facts(cfg, datamodule))
     return facts

@@ -1,10 +1,15 @@
 """``fmlab-eval``: validation/test loss and perplexity of a checkpoint or an HF model directory.
 
-- ``ckpt_path=<.ckpt | run dir>``: rebuilds the model from the training run's own config and
-  tokenizer (``<run>/config.yaml``, ``<run>/tokenizer``), and by default its data settings, so the
-  splits are the ones the run held out. ``data_from_run=false`` evaluates on this config's data.
+- ``ckpt_path=<.ckpt | run dir | last>``: rebuilds the model from the training run's own config
+  and tokenizer (``<run>/config.yaml``, ``<run>/tokenizer``), and by default its data settings, so
+  the splits are the ones the run held out. ``data_from_run=false`` evaluates on this config's
+  data. A run directory means the checkpoint its summary reported (``evaluated_checkpoint``),
+  ``last`` the last checkpoint of the latest training run; the file used is printed and recorded
+  (``evaluated``, ``checkpoint_choice``).
 - ``model_path=<dir>``: an fmlab export (full model, LoRA adapter, ReFT interventions), a run
-  directory, or any HF causal LM directory / hub name, with its tokenizer.
+  directory, or any HF causal LM directory / hub name, with its tokenizer. An adapter/ReFT export
+  loads onto the base it recorded (``base_model=...`` when it moved; a base with another
+  fingerprint is refused unless ``allow_base_mismatch=true``, then recorded in ``lineage``).
 """
 
 from __future__ import annotations
@@ -14,17 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+# torch/Lightning are imported inside evaluate(): --help and --cfg job stay fast (see train.py)
 from fmlab.config import CONF_DIR, ConfigError, build, validate_config
-from fmlab.data.tokenizer import fixed_tokenizer
-from fmlab.data.tokenizer import pretrained as load_tokenizer
-from fmlab.evaluation.baselines import unigram_perplexity
-from fmlab.methods.adapters import load_trained
-from fmlab.reliability import resolve_resume
-from fmlab.utils import print_table, write_json
-from fmlab.workflow import build_data, build_model, parameter_report
 
 __all__ = ["evaluate", "main"]
 
@@ -42,14 +40,30 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the model named by ``cfg.ckpt_path`` or ``cfg.model_path``; write summary.json."""
     t0 = time.time()
     validate_config(cfg)
+    if cfg.get("lm_eval"):  # before any compute: lm-evaluation-harness is the [eval] extra
+        from fmlab.utils.optional import require
+
+        require("lm_eval", "eval", "fmlab-eval lm_eval=...")
+    import lightning as L
+
+    from fmlab.data.tokenizer import fixed_tokenizer
+    from fmlab.data.tokenizer import pretrained as load_tokenizer
+    from fmlab.evaluation.baselines import unigram_perplexity
+    from fmlab.methods.adapters import load_trained
+    from fmlab.models.positions import check_data_lengths, check_lengths, loaded_positions
+    from fmlab.reliability.checkpoints import resolve_eval_checkpoint
+    from fmlab.utils import print_table, write_json
+    from fmlab.workflow import build_data, build_model, parameter_report
+
     if (cfg.ckpt_path is None) == (cfg.model_path is None):
         raise ConfigError("fmlab-eval: give exactly one of ckpt_path=... or model_path=...")
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, verbose=False)
-    ckpt = None
+    ckpt, choice, loaded = None, None, {}
     if cfg.ckpt_path is not None:
-        ckpt = resolve_resume(cfg.ckpt_path, "off", out)
+        ckpt, choice = resolve_eval_checkpoint(str(cfg.ckpt_path), cfg.paths.log_dir)
+        print(f"evaluating {ckpt} ({choice})")
         run = _run_dir_of(Path(ckpt))
         train_cfg = OmegaConf.load(run / "config.yaml")
         tokenizer = load_tokenizer(name_or_path=str(run / "tokenizer"))
@@ -57,11 +71,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             train_cfg if cfg.data_from_run else cfg, tokenizer_factory=fixed_tokenizer(tokenizer)
         )
         model = build_model(train_cfg, tokenizer, datamodule.block_size)
+        check_data_lengths(datamodule, loaded_positions(model, str(run)))
         module = build(train_cfg.module, "module", model=model, optimizer=None)
         source = ckpt
     else:
-        model, tokenizer = load_trained(cfg.model_path)
+        model, tokenizer = load_trained(
+            cfg.model_path,
+            base=cfg.get("base_model"),
+            allow_base_mismatch=bool(cfg.get("allow_base_mismatch")),
+            lineage=loaded,
+        )
+        positions = loaded_positions(model, str(cfg.model_path))
+        check_lengths(cfg, positions)  # before the data is read
         datamodule, _ = build_data(cfg, tokenizer_factory=fixed_tokenizer(tokenizer))
+        check_data_lengths(datamodule, positions)
         module = build(cfg.module, "module", model=model, optimizer=None)
         source = cfg.model_path
     trainer = build(cfg.trainer, "trainer", logger=False)
@@ -86,6 +109,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "status": "ok",
         "evaluated": str(source),
+        "checkpoint_choice": choice,
+        "lineage": loaded or None,
         **results,
         **parameter_report(model),
         "data": datamodule.stats,

@@ -16,10 +16,7 @@ from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fmlab.config import CONF_DIR, ConfigError
-from fmlab.data.sft import encode_prompt
-from fmlab.evaluation.generation import generate_text
-from fmlab.methods.adapters import load_trained
-from fmlab.utils import atomic_write_text
+from fmlab.utils import atomic_write_text, write_json
 
 __all__ = ["generate", "main"]
 
@@ -33,6 +30,7 @@ class GenerateSchema(BaseModel):
     paths: dict[str, Any]
     model_path: str
     base_model: str | None = None
+    allow_base_mismatch: bool = False
     prompts: list[str]
     prompts_file: str | None = None
     template: str
@@ -44,9 +42,20 @@ class GenerateSchema(BaseModel):
     batch_size: Annotated[int, Field(gt=0)]
 
 
-def generate(cfg: DictConfig) -> list[dict[str, str]]:
-    """Generate for every prompt of ``cfg``; returns ``[{"prompt", "completion"}]``."""
+def generate(cfg: DictConfig, lineage: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """Generate for every prompt of ``cfg``; returns ``[{"prompt", "completion"}]``.
+
+    Args:
+        cfg: A composed ``generate`` config.
+        lineage: Filled with the base an adapter/ReFT model was loaded onto (see
+            :func:`fmlab.methods.adapters.load_trained`).
+    """
     from omegaconf import OmegaConf
+
+    from fmlab.data.sft import encode_prompt
+    from fmlab.evaluation.generation import generate_text
+    from fmlab.methods.adapters import load_trained
+    from fmlab.models.positions import check_generation, loaded_positions
 
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
     try:
@@ -58,11 +67,18 @@ def generate(cfg: DictConfig) -> list[dict[str, str]]:
         prompts += [ln for ln in Path(opts.prompts_file).read_text().splitlines() if ln.strip()]
     if not prompts:
         raise ConfigError("fmlab-generate: give prompts=[...] or prompts_file=<file>")
-    model, tokenizer = load_trained(opts.model_path, base=opts.base_model)
+    model, tokenizer = load_trained(
+        opts.model_path,
+        base=opts.base_model,
+        allow_base_mismatch=opts.allow_base_mismatch,
+        lineage=lineage,
+    )
     ids = [
         encode_prompt(p, tokenizer, template=opts.template, chat_template=opts.chat_template)
         for p in prompts
     ]
+    limit = loaded_positions(model, opts.model_path)
+    check_generation([len(i) for i in ids], opts.max_new_tokens, limit, "max_new_tokens")
     completions = generate_text(
         model,
         tokenizer,
@@ -83,9 +99,11 @@ def main(cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    rows = generate(cfg)
+    lineage: dict[str, Any] = {}
+    rows = generate(cfg, lineage)
     out = Path(cfg.paths.output_dir)
     atomic_write_text(out / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_json(out / "summary.json", {"model_path": cfg.model_path, "lineage": lineage})
     table = Table("prompt", "completion", title=f"generations ({out / 'generations.jsonl'})")
     for r in rows:
         table.add_row(r["prompt"], r["completion"])

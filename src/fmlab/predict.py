@@ -16,27 +16,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+# torch and the model code are imported where they are used: --help stays fast (see train.py)
 from fmlab.config import CONF_DIR, ConfigError
-from fmlab.data.multitask_encode import collate_task
-from fmlab.data.sft import encode_prompt
-from fmlab.evaluation.generation import generate_text
-from fmlab.methods.adapters import load_trained
-from fmlab.models.heads import TaskHead, final_hidden
-from fmlab.modules.multitask import HEADS_DIR
-from fmlab.tasks.spec import TaskSpec
-from fmlab.utils import atomic_write_text
+from fmlab.utils import atomic_write_text, write_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from fmlab.models.heads import TaskHead
+    from fmlab.tasks.spec import TaskSpec
 
 __all__ = ["MultiTask", "load_multitask", "main", "predict"]
 
 
 def _heads_dir(path: Path) -> Path:
+    from fmlab.modules.multitask import HEADS_DIR
+
     for candidate in (path / HEADS_DIR, path / "export" / HEADS_DIR, path.parent / HEADS_DIR):
         if (candidate / "tasks.json").is_file():
             return candidate
@@ -63,7 +64,6 @@ class MultiTask:
     def tasks(self) -> list[str]:
         return list(self.specs)
 
-    @torch.no_grad()
     def predict(
         self,
         task: str,
@@ -80,6 +80,21 @@ class MultiTask:
         Raises:
             KeyError: ``task`` is not one of the export's tasks.
         """
+        import torch
+
+        with torch.no_grad():
+            return self._predict(task, inputs, batch_size, max_new_tokens)
+
+    def _predict(
+        self, task: str, inputs: list[str], batch_size: int, max_new_tokens: int | None
+    ) -> list[dict[str, Any]]:
+        import torch
+
+        from fmlab.data.multitask_encode import collate_task
+        from fmlab.data.sft import encode_prompt
+        from fmlab.evaluation.generation import generate_text
+        from fmlab.models.heads import final_hidden
+
         if task not in self.specs:
             raise KeyError(f"task {task!r}: this export has {self.tasks}")
         spec = self.specs[task]
@@ -123,14 +138,26 @@ class MultiTask:
 
 
 def load_multitask(
-    path: str | Path, *, base: str | None = None, dtype: str = "float32"
+    path: str | Path,
+    *,
+    base: str | None = None,
+    dtype: str = "float32",
+    allow_base_mismatch: bool = False,
+    lineage: dict[str, Any] | None = None,
 ) -> MultiTask:
-    """Load a multi-task export (a run dir, its ``export/``, or an adapter/ReFT dir inside)."""
+    """Load a multi-task export (a run dir, its ``export/``, or an adapter/ReFT dir inside);
+    ``base``/``allow_base_mismatch``/``lineage`` as :func:`fmlab.methods.adapters.load_trained`."""
     from safetensors.torch import load_file
+
+    from fmlab.methods.adapters import load_trained
+    from fmlab.models.heads import TaskHead
+    from fmlab.tasks.spec import TaskSpec
 
     p = Path(path)
     heads_dir = _heads_dir(p)
-    model, tokenizer = load_trained(p, base=base, dtype=dtype)
+    model, tokenizer = load_trained(
+        p, base=base, dtype=dtype, allow_base_mismatch=allow_base_mismatch, lineage=lineage
+    )
     meta = json.loads((heads_dir / "tasks.json").read_text())
     specs = {n: TaskSpec.model_validate(s) for n, s in meta["tasks"].items()}
     state = load_file(str(heads_dir / "heads.safetensors"))
@@ -153,6 +180,7 @@ class PredictSchema(BaseModel):
     paths: dict[str, Any]
     model_path: str
     base_model: str | None = None
+    allow_base_mismatch: bool = False
     head: str
     inputs: list[str]
     inputs_file: str | None = None
@@ -160,8 +188,9 @@ class PredictSchema(BaseModel):
     max_new_tokens: Annotated[int, Field(gt=0)] | None = None
 
 
-def predict(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Predict the task ``cfg.head`` for every input; returns ``[{"input", ...prediction}]``."""
+def predict(cfg: DictConfig, lineage: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Predict the task ``cfg.head`` for every input; returns ``[{"input", ...prediction}]``
+    (``lineage``: filled with the base an adapter/ReFT export was loaded onto)."""
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
     try:
         opts = PredictSchema.model_validate(plain)
@@ -172,7 +201,12 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         inputs += [ln for ln in Path(opts.inputs_file).read_text().splitlines() if ln.strip()]
     if not inputs:
         raise ConfigError("fmlab-predict: give inputs=[...] or inputs_file=<file>")
-    mt = load_multitask(opts.model_path, base=opts.base_model)
+    mt = load_multitask(
+        opts.model_path,
+        base=opts.base_model,
+        allow_base_mismatch=opts.allow_base_mismatch,
+        lineage=lineage,
+    )
     if opts.head not in mt.specs:
         raise ConfigError(f"head={opts.head}: the model at {opts.model_path} has tasks {mt.tasks}")
     preds = mt.predict(
@@ -187,9 +221,11 @@ def main(cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    rows = predict(cfg)
+    lineage: dict[str, Any] = {}
+    rows = predict(cfg, lineage)
     out = Path(cfg.paths.output_dir)
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_json(out / "summary.json", {"model_path": cfg.model_path, "lineage": lineage})
     table = Table("input", "prediction", title=f"{cfg.head} ({out / 'predictions.jsonl'})")
     for r in rows:
         shown = r.get("text", r.get("label", r.get("value")))

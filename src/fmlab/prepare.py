@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmlab.config import CONF_DIR, build, validate_config
 from fmlab.config.validate import PathsSchema
-from fmlab.data.pipeline import SourceSpec, prepare_dataset
+from fmlab.data.pipeline.records import SourceSpec  # pydantic + pyarrow only, no torch
 from fmlab.utils import print_config, print_table, write_json
 
 __all__ = ["STAGES", "PrepareSchema", "main", "prepare"]
@@ -68,8 +68,13 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         print_config(cfg, order=("sources", "output_dir", *STAGES, "tokenizer"))
     stages = {name: build(cfg.get(name), name) for name in STAGES}
     tokenizer = build(cfg.tokenizer, "tokenizer") if stages["segment"] is not None else None
+    from fmlab.data.pipeline import prepare_dataset
+
     run = prepare_dataset
     if cfg.engine == "spark":  # same stages and settings, run as a Spark job
+        from fmlab.utils.optional import require
+
+        require("pyspark", "spark", "fmlab-prepare engine=spark")
         from fmlab.data.spark import prepare_on_spark
 
         run = functools.partial(prepare_on_spark, spark=build(cfg.get("spark"), "spark"))

@@ -8,33 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from fmlab.callbacks.throughput import Throughput
-from fmlab.config import CONF_DIR, validate_config
-from fmlab.continual import init_tokenizer_factory, provenance
-from fmlab.distributed import unsharded_model
-from fmlab.evaluation.baselines import unigram_perplexity
-from fmlab.methods.adapters import save_trained
-from fmlab.reliability import Preempted, PreemptionCheckpoint, resolve_resume, run_dir_lock
-from fmlab.utils import print_config, print_table, write_json
-from fmlab.utils.remote import publish_run, remote_settings
-from fmlab.utils.secrets import protect_run_dir
-from fmlab.workflow import (
-    build_data,
-    build_model,
-    build_module,
-    build_trainer,
-    checkpoint_paths,
-    link_latest,
-    metric_files,
-    parameter_report,
-    preflight,
-    save_resolved_config,
-)
+# Only Hydra and the config location at module level: `fmlab-train --help` and `--cfg job` are
+# answered by @hydra.main before train() runs, without importing torch or Lightning (start-up,
+# tests/unit/test_startup_imports.py). What a run needs is imported inside the functions.
+from fmlab.config import CONF_DIR
 
 __all__ = ["main", "train"]
 
@@ -56,15 +35,55 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The summary dict also written to ``<output_dir>/summary.json``.
     """
+    from fmlab.reliability import run_dir_lock
+
     with run_dir_lock(Path(cfg.paths.output_dir)):
         return _train(cfg)
 
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.time()
-    validate_config(cfg)  # before anything is read or built
+    from fmlab.config import validate_config
+    from fmlab.lineage import check_resumed, pin_config
+
+    # model references resolved once (absolute, fingerprinted) and pinned in cfg: config.yaml,
+    # summary and export record what the run really started from (fmlab.lineage)
+    refs = pin_config(cfg)
+    validate_config(cfg)  # before anything is read or built (imports the _target_ callables)
+    import lightning as L
+    from lightning.pytorch.utilities import rank_zero_only
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from fmlab.callbacks.startup import StartupTime
+    from fmlab.callbacks.throughput import Throughput
+    from fmlab.continual import init_tokenizer_factory, provenance
+    from fmlab.distributed import unsharded_model
+    from fmlab.evaluation.baselines import unigram_perplexity
+    from fmlab.evaluation.periods import period_card
+    from fmlab.methods.adapters import save_trained
+    from fmlab.models.positions import check_data_lengths, check_lengths, starting_positions
+    from fmlab.reliability import Preempted, PreemptionCheckpoint, resolve_resume
+    from fmlab.utils import print_config, print_table, write_json
+    from fmlab.utils.remote import publish_run, remote_settings
+    from fmlab.utils.secrets import protect_run_dir
+    from fmlab.workflow import (
+        build_data,
+        build_model,
+        build_module,
+        build_trainer,
+        checkpoint_paths,
+        link_latest,
+        metric_files,
+        parameter_report,
+        preflight,
+        save_resolved_config,
+    )
+
     preflight(cfg)
+    positions = starting_positions(refs)  # lengths vs the starting model's positions
+    check_lengths(cfg, positions)
     out = Path(cfg.paths.output_dir)
+    check_resumed(out / "config.yaml", refs)  # a restarted run: still the same base
     out.mkdir(parents=True, exist_ok=True)
     rank_zero_only(protect_run_dir)(out)  # no credential in .hydra/, logs or anything written
     # paths.remote_dir (S3): checked writable here, searched for checkpoints (fmlab.utils.remote)
@@ -78,6 +97,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, tokenizer = build_data(
         cfg, init_tokenizer_factory(cfg.get("init_from"), cfg.get("extend_tokenizer"))
     )
+    check_data_lengths(datamodule, positions)  # held-out prompts + generation budget
     rank_zero_only(tokenizer.save_pretrained)(str(out / "tokenizer"))
     # Re-seed: model and adapter initialisation then depend on the seed only, not on how much
     # randomness data preparation happened to draw.
@@ -133,11 +153,19 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         ),
         **params,
         **(throughput.peak_memory() if throughput else {}),
+        # startup_s: process start -> first training step (fmlab.callbacks.startup)
+        **next((cb.summary() for cb in trainer.callbacks if isinstance(cb, StartupTime)), {}),
         "global_step": int(trainer.global_step),
         "fit_s": fit_s,
         "data": datamodule.stats,
         "evaluated_checkpoint": chosen,
+        "lineage": {
+            "run_id": out.name,
+            "run_dir": str(out.resolve()),
+            **{role: ref.to_dict() for role, ref in refs.items()},
+        },
     }
+    base_ref = refs.get("init_from") or refs.get("model")
     # FSDP: each rank holds a shard of the weights; gather a full copy on rank 0 for the export
     # (a collective, so every rank calls it; without FSDP it is module.model itself)
     export_model = None
@@ -154,9 +182,11 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         }
         if cfg.export and cfg.export.hf:
             card = {
-                "base": cfg.get("init_from")
-                or cfg.model.get("name_or_path")
-                or f"random init ({cfg.model.get('preset')})",
+                "base": base_ref.path if base_ref else f"random init ({cfg.model.get('preset')})",
+                "base_fingerprint": base_ref.fingerprint if base_ref else None,
+                "base_ref": base_ref.to_dict() if base_ref else None,
+                "run_id": out.name,
+                "run_dir": str(out.resolve()),
                 "method": summary["method"],
                 "data_sources": datamodule.stats.get("sources"),
                 "tokens_seen": tokens_seen,
@@ -164,10 +194,19 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                 **provenance(cfg, datamodule, tokens_seen),
                 **{k: v for k, v in summary.items() if "/" in k},
             }
+            card.update(period_card(summary, getattr(datamodule, "period_info", None)))
             loader = datamodule.val_dataloader()
             loader = loader[0] if isinstance(loader, list) else loader  # multi-task: per task
             sample = next(iter(loader))["input_ids"][:4]
-            exported = save_trained(export_model, tokenizer, out / "export", card, sample)
+            exported = save_trained(
+                export_model,
+                tokenizer,
+                out / "export",
+                card,
+                sample,
+                base=base_ref,
+                include_base=bool(cfg.export.get("include_base", False)),
+            )
             if hasattr(module, "save_heads"):  # multi-task heads beside the backbone export
                 exported.update(module.save_heads(out / "export"))
             paths.update({f"export_{k}": v for k, v in exported.items()})
@@ -179,6 +218,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         publish_run(out, summary, **remote)  # export/, config, summary.json -> paths.remote_dir
         link_latest(out, Path(cfg.paths.log_dir) / cfg.task_name)
         print_table("summary", {k: v for k, v in summary.items() if not isinstance(v, dict)})
+        if "export_dir" in paths:  # what the next command (a fine-tune, an eval) starts from
+            print(f"export: {paths['export_dir']}  (e.g. FMLAB_BASE_MODEL={paths['export_dir']})")
     return summary
 
 

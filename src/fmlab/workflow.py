@@ -148,8 +148,10 @@ def preflight(cfg: DictConfig) -> None:
     from hydra.utils import get_object
 
     from fmlab.distributed import check_strategy
+    from fmlab.utils.optional import require_for_targets
 
     check_strategy(cfg)  # e.g. DeepSpeed missing: fail before the data is prepared
+    require_for_targets(cfg)  # e.g. logger=tensorboard without fmlab[tensorboard]
     method = cfg.get("method")
     check = getattr(get_object(method._target_), "preflight", None) if method else None
     if check is not None and (problem := check()):

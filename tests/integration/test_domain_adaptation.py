@@ -19,9 +19,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, jsonl_corpus) -> dict:
     out = tmp_path_factory.mktemp("base")
-    return run_train(
-        out, *synthetic_overrides(jsonl_corpus), "trainer.max_steps=6", "run_test=false"
-    )
+    # 192 positions: the domain_sft test's prompts need them (lengths are checked against the
+    # base's max_position_embeddings before training)
+    data = [o for o in synthetic_overrides(jsonl_corpus) if not o.startswith("data.block_size")]
+    return run_train(out, *data, "data.block_size=192", "trainer.max_steps=6", "run_test=false")
 
 
 @pytest.fixture(scope="module")

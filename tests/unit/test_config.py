@@ -11,9 +11,23 @@ GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not 
 REQUIRED = {
     ("data", "files"): ["data.sources=[x.jsonl]"],
     ("data", "prepared"): ["data.path=some/dir"],
+    ("data", "release"): ["data.sources=[{path: x.jsonl, date_field: date}]"],
+    ("experiment", "continual_update"): [
+        "init_from=some/dir",
+        "data.sources=[{path: x.jsonl, date_field: date}]",
+    ],
     ("data", "sft_files"): ["data.sources=[x.jsonl]"],
     ("model", "pretrained"): ["model.name_or_path=some/dir"],
     ("tokenizer", "pretrained"): ["tokenizer.name_or_path=some/dir"],
+    # presets that start from a base name it (FMLAB_BASE_MODEL or the key; fmlab.lineage)
+    **{
+        ("experiment", name): ["model.name_or_path=some/dir"]
+        for name in ("multitask", "sft_arithmetic", "sft_classify", "sft_logic", "sft_reverse")
+    },
+    **{
+        ("experiment", name): ["init_from=some/dir"]
+        for name in ("continual_code", "continual_code_wsd", "domain_sft")
+    },
 }
 
 

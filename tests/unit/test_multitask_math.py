@@ -233,7 +233,16 @@ def test_forgetting_rows_and_study_files(tmp_path):
     assert rows["sequential"]["forgetting"] == pytest.approx(0.35)
     assert rows["multi-task"]["forgetting"] == pytest.approx(0.02)
     assert rows["first only"]["forgetting"] is None and rows["second only"]["forgetting"] is None
-    table = write_study(results, tmp_path, "logic", "topic", metrics)
-    assert "| sequential | 400 | 0.550 | 0.450 | 0.970 | +0.350 |" in table
+    table = write_study([results], tmp_path, "logic", "topic", metrics)
+    assert (
+        "| sequential | 400 | 0.550 ± 0.000 | 0.450 ± 0.000 | 0.970 ± 0.000 | +0.350 ± 0.000 |"
+        in table
+    )
+    again = {
+        k: {**v, "test/logic/exact_match": v["test/logic/exact_match"] - 0.1}
+        for k, v in results.items()
+    }
+    table = write_study([results, again], tmp_path, "logic", "topic", metrics)
+    assert "| multi-task | 800 | 0.830 ± 0.071 |" in table  # mean and sample std of 0.88, 0.78
     assert (tmp_path / "study.png").stat().st_size > 0
     assert (tmp_path / "results.json").is_file()

@@ -9,6 +9,12 @@ domain's validation set, and compares them with the starting model (see
 - ``forget/<set>/kl_to_base``: mean per-token KL(start || now),
 - ``forget/domain/ppl``, ``forget/domain/ppl_ratio`` and ``forget/domain/gain`` (1 − ratio).
 
+With dated release data (:class:`fmlab.releases.ReleaseDataModule`, ``data.periods``) it also
+evaluates one held-out set per time period, at every validation (also the final one of the
+evaluated checkpoint, so they reach ``summary.json`` and the model card):
+
+- ``val/period/<label>/ppl`` (e.g. ``val/period/2024Q3/ppl``): how well the model knows that period.
+
 Losses are token-weighted over the whole set, exactly as ``val/loss`` (so they equal a separate
 ``fmlab-eval`` of the same weights on that data). An optional budget on the worst retention
 ratio stops training or warns. At the end of fit: ``report.json`` and ``report.png`` (domain gain
@@ -107,6 +113,9 @@ class ForgettingMonitor(L.Callback):
         self.budget, self.on_budget = budget, on_budget
         self.dirpath = Path(dirpath) if dirpath else None
         self.loaders: dict[str, DataLoader] = {}
+        self.periods: dict[str, DataLoader] = {}
+        self.period_base: dict[str, float] = {}  # label -> starting model's ppl
+        self.period_last: dict[str, float] = {}  # val/period/<label>/ppl of the last validation
         self.base: dict[str, dict[str, float]] = {}
         self.history: list[dict[str, Any]] = []
         self.alerts: list[dict[str, Any]] = []
@@ -123,10 +132,12 @@ class ForgettingMonitor(L.Callback):
             data.prepare(fixed_tokenizer(dm.tokenizer))
             data.trainer = trainer  # shard evaluation like the run's own data
             loaders[name] = data.val_dataloader()
-        if not loaders:
+        self.periods = dict(dm.period_loaders()) if hasattr(dm, "period_loaders") else {}
+        if not loaders and not self.periods:
             raise ValueError(
                 "callbacks.forgetting: no retention set; use data=mixture (its non-domain "
-                "components) or give callbacks.forgetting.sets"
+                "components), data=release (a held-out set per period) or give "
+                "callbacks.forgetting.sets"
             )
         domain = dm.domain_loader() if hasattr(dm, "domain_loader") else dm.val_dataloader()
         self.loaders = {**loaders, "domain": domain}
@@ -158,6 +169,22 @@ class ForgettingMonitor(L.Callback):
                 metrics[f"forget/{name}/kl_to_base"] = s["kl"] / tokens
         return metrics
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Per-period perplexity, logged as ``val/period/<label>/ppl`` (fit and validate)."""
+        if trainer.sanity_checking or not self.periods:
+            return
+        for label, loader in self.periods.items():
+            first = label not in self.period_base and trainer.state.fn == "fit"
+            sums = evaluate_set(pl_module, loader, kl=first, max_batches=self.max_batches)
+            s = self._reduce(trainer, sums)
+            tokens = max(s["tokens"], 1.0)
+            if first:  # the starting model, measured once (for the report)
+                self.period_base[label] = _ppl(s["base_loss"] / tokens)
+            ppl = _ppl(s["loss"] / tokens)
+            self.period_last[f"val/period/{label}/ppl"] = ppl
+            # already summed over ranks: every rank logs the same value
+            pl_module.log(f"val/period/{label}/ppl", ppl, sync_dist=False)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.loaders or trainer.state.fn != "fit":
             return
@@ -166,7 +193,7 @@ class ForgettingMonitor(L.Callback):
         if not self.history:
             start = {f"forget/{n}/ppl": _ppl(b["loss"]) for n, b in self.base.items()}
             self.history.append({"step": 0, **start})
-        self.history.append({"step": step, **metrics})
+        self.history.append({"step": step, **metrics, **self.period_last})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
@@ -195,6 +222,7 @@ class ForgettingMonitor(L.Callback):
         """Start values, the per-validation history, budget alerts and the last numbers."""
         return {
             "base_ppl": {n: _ppl(b["loss"]) for n, b in self.base.items()},
+            "period_base_ppl": self.period_base,
             "history": self.history,
             "final": self.history[-1] if self.history else {},
             "budget": self.budget,
@@ -209,10 +237,16 @@ class ForgettingMonitor(L.Callback):
         plot_report({"run": self.history}, self.dirpath / "report.png")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"base": self.base, "history": self.history, "alerts": self.alerts}
+        return {
+            "base": self.base,
+            "period_base": self.period_base,
+            "history": self.history,
+            "alerts": self.alerts,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.base = dict(state.get("base", {}))
+        self.period_base = dict(state.get("period_base", {}))
         self.history = list(state.get("history", []))
         self.alerts = list(state.get("alerts", []))
 
@@ -249,7 +283,8 @@ def plot_report(histories: dict[str, list[dict[str, Any]]], path: str | Path) ->
     ax2.set(xlabel="retention ppl loss (%)", ylabel="domain ppl gain (%)", title="trade-off")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a release without retention sets: none on ax2
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

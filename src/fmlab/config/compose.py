@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fmlab.config.help import reuse_repository_in_help
+
 
 def _find_conf_dir() -> Path:
     """Absolute path of the Hydra config tree.
@@ -81,6 +83,7 @@ def _torchrun_id(pattern: str) -> str | None:
 
 
 OmegaConf.register_new_resolver("fmlab_run_id", _run_id, use_cache=True, replace=True)
+reuse_repository_in_help()  # `fmlab-* --help`: one config repository copy, not ~140
 
 
 def compose_config(

@@ -51,6 +51,8 @@ class PathsSchema(_Strict):
 class ExportSchema(_Strict):
     hf: bool = True
     which: typing.Literal["best", "last"] = "best"
+    # adapters/ReFT: copy the base model into export/base (a self-contained export)
+    include_base: bool = False
 
 
 class TokenizerExtensionSchema(_Strict):
@@ -72,9 +74,15 @@ class RootSchema(_Strict):
     ckpt_path: str | None = None
     resume: Literal["auto", "must", "off"] = "auto"
     init_from: str | None = None
+    # the resolved model references (fmlab.lineage.pin_config): written by fmlab-train itself
+    lineage: dict[str, dict[str, Any]] | None = None
     extend_tokenizer: TokenizerExtensionSchema | None = None
     data_cutoff: datetime.date | None = None
     model_path: str | None = None
+    # fmlab-eval: the base of an adapter/ReFT model_path when it moved, and whether a base whose
+    # fingerprint differs from the recorded one may be used (recorded in the summary)
+    base_model: str | None = None
+    allow_base_mismatch: bool = False
     run_test: bool = True
     data_from_run: bool = True
     export: ExportSchema | None = None

@@ -1,20 +1,21 @@
-"""Data: sources, embedded corpora, splits, tokenizers, packing and DataModules."""
+"""Data: sources, embedded corpora, splits, tokenizers, packing and DataModules.
 
-from fmlab.data.datamodule import BlockDataset, PretrainDataModule, SourceSpec
-from fmlab.data.multitask import MultiTaskDataModule
-from fmlab.data.packing import pack_documents
-from fmlab.data.sft_module import SFTDataModule
-from fmlab.data.sources import DataSourceError, load_text_source
-from fmlab.data.splits import split_of
+The names below load on first use (:mod:`fmlab.utils.lazy`): importing a light submodule such
+as :mod:`fmlab.data.pipeline.records` does not import torch through this package.
+"""
 
-__all__ = [
-    "BlockDataset",
-    "DataSourceError",
-    "MultiTaskDataModule",
-    "PretrainDataModule",
-    "SFTDataModule",
-    "SourceSpec",
-    "load_text_source",
-    "pack_documents",
-    "split_of",
-]
+from fmlab.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "BlockDataset": "fmlab.data.datamodule",
+    "DataSourceError": "fmlab.data.sources",
+    "MultiTaskDataModule": "fmlab.data.multitask",
+    "PretrainDataModule": "fmlab.data.datamodule",
+    "SFTDataModule": "fmlab.data.sft_module",
+    "SourceSpec": "fmlab.data.pipeline.records",
+    "load_text_source": "fmlab.data.sources",
+    "pack_documents": "fmlab.data.packing",
+    "split_of": "fmlab.data.splits",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
+from fmlab.config import ConfigError
 from fmlab.data.loaders import eval_loader, train_loader
 from fmlab.data.pipeline import (
     Clean,
@@ -45,7 +46,7 @@ from fmlab.data.pipeline import (
     prepare_dataset,
 )
 from fmlab.data.pipeline.engine import fingerprint
-from fmlab.data.splits import SPLITS
+from fmlab.data.splits import SPLITS, empty_split_cause
 from fmlab.utils.remote import fetch_dataset, is_remote
 
 __all__ = ["BlockDataset", "PretrainDataModule", "SourceSpec", "load_blocks"]
@@ -257,6 +258,7 @@ class PretrainDataModule(L.LightningDataModule):
             "block_size": size,
             "vocab_size": len(tok),
             "dates": card.get("dates"),
+            "split_sources": card.get("split_sources"),
             **{s: {k: v for k, v in card["splits"][s].items()} for s in SPLITS},
             "stages": {
                 n: {k: st[k] for k in ("in", "out", "removed") if k in st}
@@ -268,10 +270,15 @@ class PretrainDataModule(L.LightningDataModule):
         return tok
 
     def _check_sizes(self) -> None:
+        declared = {s.label: s.split for s in self.sources}
+        p = self.split.params
         for split, minimum in (("train", self.batch_size), ("validation", 1), ("test", 1)):
             n = len(self.blocks[split])
             if n < minimum:
                 info = self.stats.get(split, {})
+                cause = empty_split_cause(split, declared, p["val_fraction"], p["test_fraction"])
+                if self.sources and cause and not info.get("documents"):
+                    raise ConfigError(f"data: {cause}")
                 raise ValueError(
                     f"data: the {split} split of {self.stats['sources']} has {n} rows of "
                     f"{self.block_size} tokens ({info.get('documents', 0)} documents, "

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
+from fmlab.config import ConfigError
 from fmlab.data.loaders import eval_loader, rank_world
 from fmlab.data.mixture import RowStreams, schedule_slots
 from fmlab.data.multitask_encode import collate_task, encode_task, load_task_records
@@ -180,8 +181,11 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def prepare(self, tokenizer_factory: Any) -> PreTrainedTokenizerBase:
         """Load every task's records, build the tokenizer on all of them, encode; returns it."""
+        fed: dict[str, dict[str, Any]] = {name: {} for name in self.specs}
         self.records = {
-            name: load_task_records(name, spec, seed=self.seed, cache_dir=self.cache_dir)
+            name: load_task_records(
+                name, spec, seed=self.seed, cache_dir=self.cache_dir, split_sources=fed[name]
+            )
             for name, spec in self.specs.items()
         }
         train = [r for recs in self.records.values() for r in recs["train"]]
@@ -200,17 +204,30 @@ class MultiTaskDataModule(L.LightningDataModule):
             limit = spec.max_length or self.max_length
             self.encoded[name], task_stats = {}, {}
             for split, recs in self.records[name].items():
-                enc = [encode_task(spec, r, tok, limit) for r in recs]
+                tally: dict[str, int] = {}
+                enc = [encode_task(spec, r, tok, limit, tally) for r in recs]
                 kept = [e for e in enc if e is not None]
                 if not kept:
-                    raise ValueError(
-                        f"task.{name}: the {split} split has no usable example ({len(recs)} "
-                        f"records; the prompt is longer than max_length={limit}?)"
+                    why = (
+                        f"all {len(recs)} records dropped: the prompt fills max_length={limit}"
+                        if recs
+                        else "no records (the hash split put none there; add data or raise "
+                        f"task.{name}.val_fraction/test_fraction)"
+                    )
+                    raise ConfigError(
+                        f"task.{name}: the {split} split has no usable example: {why}"
                     )
                 self.encoded[name][split] = kept
-                task_stats[split] = {"examples": len(kept), "dropped": len(enc) - len(kept)}
+                task_stats[split] = {
+                    "examples": len(kept),
+                    "dropped": len(enc) - len(kept),
+                    "truncated": tally.get("truncated", 0),
+                    "overlong": tally.get("overlong", 0),
+                }
+            if fed[name]:
+                task_stats["split_sources"] = fed[name]
             self.stats["tasks"][name] = task_stats
-            self.stats["sources"] += spec.sources or [f"task:{spec.builtin}"]
+            self.stats["sources"] += [s.path for s in spec.source_specs] or [f"task:{spec.builtin}"]
         sizes = [len(self.encoded[n]["train"]) for n in self.names]
         shares = task_shares(
             sizes,

@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from fmlab.config import ConfigError
 from fmlab.data.sft import IGNORE_INDEX, collate_sft, encode_prompt, encode_sft
-from fmlab.data.splits import SPLITS, split_of
+from fmlab.data.splits import SPLITS, empty_split_cause, hash_fractions, split_of
+from fmlab.data.splits import split_sources as fed_splits
 from fmlab.tasks.spec import TaskSpec
 
 __all__ = ["collate_task", "encode_task", "load_task_records", "prompt_ids"]
@@ -57,9 +59,23 @@ def _normalise(spec: TaskSpec, rec: dict[str, Any], where: str) -> dict[str, Any
 
 
 def load_task_records(
-    name: str, spec: TaskSpec, *, seed: int, cache_dir: str
+    name: str,
+    spec: TaskSpec,
+    *,
+    seed: int,
+    cache_dir: str,
+    split_sources: dict[str, Any] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Records of every split: generated (built-in) or read from files and hash-split."""
+    """Records of every split: generated (built-in) or read from files (a file's declared split,
+    else a hash of the input into the splits no file declares).
+
+    Args:
+        name: Task name.
+        spec: Its spec.
+        seed: Generation seed (built-in tasks).
+        cache_dir: fmlab cache directory.
+        split_sources: Filled with which splits came from which file (files only).
+    """
     if spec.builtin is not None:
         from fmlab.tasks import generate_task  # tasks import data.splits: avoid a cycle
 
@@ -84,13 +100,23 @@ def load_task_records(
     from fmlab.data.sources import load_text_source
 
     out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    for path in spec.sources or []:
+    declared = {src.path: src.split for src in spec.source_specs}
+    vf, tf = hash_fractions(spec.val_fraction, spec.test_fraction, declared.values())
+    counts: dict[str, dict[str, int]] = {}
+    for src in spec.source_specs:
+        path = src.path
         ds = load_text_source(path, text_field=spec.input_field, cache_dir=cache_dir)
         for row, rec in enumerate(ds):
             rec = {**rec, spec.input_field: rec.get("text", rec.get(spec.input_field))}
             norm = _normalise(spec, rec, f"task.{name}: source '{path}' row {row}")
-            split = split_of(norm["_input"], spec.val_fraction, spec.test_fraction, f"task:{name}")
+            split = src.split or split_of(norm["_input"], vf, tf, f"task:{name}")
             out[split].append(norm)
+            counts.setdefault(path, {})[split] = counts.get(path, {}).get(split, 0) + 1
+    if split_sources is not None:
+        split_sources.update(fed_splits(declared, counts))
+    for split, recs in out.items():
+        if not recs and (cause := empty_split_cause(split, declared, vf, tf)):
+            raise ConfigError(f"task.{name}: {cause}")
     return out
 
 
@@ -104,19 +130,33 @@ def prompt_ids(
 
 
 def encode_task(
-    spec: TaskSpec, rec: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int
+    spec: TaskSpec,
+    rec: dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    tally: dict[str, int] | None = None,
 ) -> dict[str, Any] | None:
     """One encoded example: generative as SFT (labels on the response), head tasks as
     ``{"input_ids", "target"}`` (inputs truncated on the right to ``max_length``).
 
+    ``tally`` counts ``overlong`` examples and those ``truncated`` to fit (kept).
     Returns None when a generative example has no room for a response token.
     """
     template = spec.template.replace("{input}", "{prompt}")
     if spec.kind == "generative":
         return encode_sft(
-            rec["_input"], rec["_target"], tokenizer, max_length=max_length, template=template
+            rec["_input"],
+            rec["_target"],
+            tokenizer,
+            max_length=max_length,
+            template=template,
+            tally=tally,
         )
-    ids = encode_prompt(rec["_input"], tokenizer, template=template)[:max_length]
+    ids = encode_prompt(rec["_input"], tokenizer, template=template)
+    if len(ids) > max_length and tally is not None:
+        tally["overlong"] = tally.get("overlong", 0) + 1
+        tally["truncated"] = tally.get("truncated", 0) + 1
+    ids = ids[:max_length]
     return {"input_ids": ids, "target": rec["_target"]} if ids else None
 
 

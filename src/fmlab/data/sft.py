@@ -79,6 +79,8 @@ def encode_sft(
     template: str = "{prompt}",
     chat_template: bool = False,
     system: str | None = None,
+    overlong: Literal["truncate", "drop"] = "truncate",
+    tally: dict[str, int] | None = None,
 ) -> dict[str, list[int]] | None:
     """Tokenize one example with labels masked on the prompt.
 
@@ -90,6 +92,10 @@ def encode_sft(
         template: Python format string with ``{prompt}`` (ignored with ``chat_template``).
         chat_template: Use the tokenizer's chat template (user turn + generation prompt).
         system: Optional system message for the chat template.
+        overlong: An example longer than ``max_length``: ``truncate`` its response on the right
+            (dropped only when no response token fits), or ``drop`` it.
+        tally: Counts ``truncated`` (kept, response cut) and ``overlong`` (longer than
+            ``max_length``) examples, for the data card.
 
     Returns:
         ``{"input_ids", "labels"}`` (same length, labels -100 on prompt tokens), or None when not
@@ -104,8 +110,13 @@ def encode_sft(
     response_ids = [*tokenizer(response, add_special_tokens=False)["input_ids"]]
     response_ids.append(tokenizer.eos_token_id)
     room = max_length - len(prompt_ids)
-    if room <= 0:
-        return None
+    if len(response_ids) > room:
+        if tally is not None:
+            tally["overlong"] = tally.get("overlong", 0) + 1
+        if room <= 0 or overlong == "drop":
+            return None
+        if tally is not None:
+            tally["truncated"] = tally.get("truncated", 0) + 1
     response_ids = response_ids[:room]
     return {
         "input_ids": prompt_ids + response_ids,

@@ -12,12 +12,13 @@ from pydantic import Field
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from fmlab.config import ConfigError
 from fmlab.data.datamodule import SourceSpec
 from fmlab.data.loaders import eval_loader, rank_world, train_loader
 from fmlab.data.sft import collate_sft, encode_prompt, encode_sft, pack_sft, packed_attention_mask
 from fmlab.data.sft import stats_of as sft_stats
 from fmlab.data.sources import load_text_source
-from fmlab.data.splits import SPLITS, split_of
+from fmlab.data.splits import SPLITS, empty_split_cause, hash_fractions, split_of, split_sources
 
 __all__ = ["SFTDataModule"]
 
@@ -52,14 +53,18 @@ class SFTDataModule(L.LightningDataModule):
         n_train: Training examples generated for a built-in task.
         n_val: Validation examples generated for a built-in task.
         n_test: Test examples generated for a built-in task.
-        sources: Files/datasets with ``prompt_field`` and ``response_field`` columns.
+        sources: Files/datasets with ``prompt_field`` and ``response_field`` columns; a source
+            with ``split: train|validation|test`` goes to that split as given, the others are
+            hash-split by prompt (into the splits no source declares).
         prompt_field: Column of the prompt in ``sources``.
         response_field: Column of the response in ``sources``.
         template: Format string with ``{prompt}`` that builds the model input.
         chat_template: Use the tokenizer's chat template instead of ``template``.
         system: System message for the chat template.
-        max_length: Longest example in tokens; responses are truncated to fit, rows with no
-            response token left are dropped (and counted in ``stats``).
+        max_length: Longest example in tokens (checked against the model's positions at
+            start-up).
+        overlong: Examples longer than ``max_length``: ``truncate`` the response (rows with no
+            response token left are dropped), ``drop`` them, or ``error``; counted in ``stats``.
         batch_size: Training examples (or packed rows) per batch per device.
         eval_batch_size: Validation/test batch size (default ``batch_size``).
         padding_side: Pad on the ``right`` or ``left``.
@@ -89,6 +94,7 @@ class SFTDataModule(L.LightningDataModule):
         chat_template: bool = False,
         system: str | None = None,
         max_length: Annotated[int, Field(gt=1)] = 128,
+        overlong: Literal["truncate", "drop", "error"] = "truncate",
         batch_size: Annotated[int, Field(gt=0)] = 16,
         eval_batch_size: Annotated[int, Field(gt=0)] | None = None,
         padding_side: Literal["right", "left"] = "right",
@@ -116,7 +122,7 @@ class SFTDataModule(L.LightningDataModule):
         ]
         self.prompt_field, self.response_field = prompt_field, response_field
         self.fmt = {"template": template, "chat_template": chat_template, "system": system}
-        self.max_length = max_length
+        self.max_length, self.overlong = max_length, overlong
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.padding_side, self.pack = padding_side, pack
         self.val_fraction, self.test_fraction, self.split_salt = (
@@ -131,6 +137,7 @@ class SFTDataModule(L.LightningDataModule):
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.encoded: dict[str, list[dict[str, list[int]]]] = {}
         self.stats: dict[str, Any] = {}
+        self.split_sources: dict[str, Any] = {}
 
     @property
     def block_size(self) -> int:
@@ -151,11 +158,14 @@ class SFTDataModule(L.LightningDataModule):
                 **self.task_args,
             )
         out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        declared = {spec.label: spec.split for spec in self.sources}
+        vf, tf = hash_fractions(self.val_fraction, self.test_fraction, declared.values())
+        counts: dict[str, dict[str, int]] = {}
         for spec in self.sources:
             ds = load_text_source(
                 spec.path,
                 text_field=self.prompt_field,
-                split=spec.split,
+                split=spec.read_split,
                 hf_name=spec.hf_name,
                 cache_dir=self.cache_dir,
             )
@@ -170,8 +180,11 @@ class SFTDataModule(L.LightningDataModule):
                         f"source '{spec.path}' row {row}: prompt and response must be non-empty "
                         f"strings, got {type(p).__name__}/{type(r).__name__}"
                     )
-                split = split_of(p, self.val_fraction, self.test_fraction, self.split_salt)
+                split = spec.split or split_of(p, vf, tf, self.split_salt)
                 out[split].append({"prompt": p, "response": r})
+                per = counts.setdefault(spec.label, {})
+                per[split] = per.get(split, 0) + 1
+        self.split_sources = split_sources(declared, counts)
         return out
 
     def prepare(self, tokenizer_factory: Any) -> PreTrainedTokenizerBase:
@@ -188,22 +201,64 @@ class SFTDataModule(L.LightningDataModule):
         )
         self.tokenizer = tok
         self.stats = {"sources": [s.path for s in self.sources] or [f"task:{self.task}"]}
+        if self.sources:
+            self.stats["split_sources"] = self.split_sources
         for split, recs in self.records.items():
-            enc = [
-                encode_sft(r["prompt"], r["response"], tok, max_length=self.max_length, **self.fmt)
-                for r in recs
-            ]
-            self.stats[split] = sft_stats(enc)
+            self._check_fed(split, recs)
+            tally: dict[str, int] = {}
+            policy = "drop" if self.overlong == "drop" else "truncate"
+            enc = []
+            for i, r in enumerate(recs):
+                before = tally.get("overlong", 0)
+                enc.append(
+                    encode_sft(
+                        r["prompt"],
+                        r["response"],
+                        tok,
+                        max_length=self.max_length,
+                        overlong=policy,
+                        tally=tally,
+                        **self.fmt,
+                    )
+                )
+                if self.overlong == "error" and tally.get("overlong", 0) > before:
+                    raise ConfigError(
+                        f"data: {split} record {i} (prompt {r['prompt'][:40]!r}...) is longer "
+                        f"than data.max_length={self.max_length} tokens; raise data.max_length "
+                        "or set data.overlong=truncate|drop"
+                    )
+            self.stats[split] = {
+                **sft_stats(enc),
+                "truncated": tally.get("truncated", 0),
+                "overlong": tally.get("overlong", 0),
+                "overlong_policy": self.overlong,
+            }
             self.encoded[split] = [e for e in enc if e is not None]
             if not self.encoded[split]:
-                raise ValueError(
-                    f"data: the {split} split has no usable example ({len(recs)} records, "
-                    f"{self.stats[split]['dropped_truncated']} dropped: prompt longer than "
-                    f"max_length={self.max_length}); raise data.max_length"
+                raise ConfigError(
+                    f"data: the {split} split has no usable example ({len(recs)} records, all "
+                    f"{self.stats[split]['dropped_truncated']} dropped as longer than "
+                    f"data.max_length={self.max_length} with data.overlong={self.overlong}); "
+                    "raise data.max_length"
                 )
         if len(self.encoded["train"]) < self.batch_size:
             raise ValueError(f"data: {len(self.encoded['train'])} training examples < batch_size")
         return tok
+
+    def _check_fed(self, split: str, recs: list[dict[str, Any]]) -> None:
+        """An empty split before encoding: say why (no source feeds it, or too little data)."""
+        if recs:
+            return
+        if not self.sources:
+            raise ConfigError(f"data: the built-in task produced no {split} records")
+        declared = {s.label: s.split for s in self.sources}
+        cause = empty_split_cause(split, declared, self.val_fraction, self.test_fraction)
+        raise ConfigError(
+            f"data: {cause}"
+            if cause
+            else f"data: the hash split put none of the {sum(map(len, self.records.values()))} "
+            f"records into {split}; add data or raise data.val_fraction/test_fraction"
+        )
 
     def exact_match_set(self, split: str) -> list[tuple[list[int], str]]:
         """(prompt ids, reference response) of the first ``exact_match_examples`` of a split."""

@@ -43,6 +43,9 @@ def lm_eval_tasks(
     Returns:
         ``({"lm_eval/<task>/<metric>": value}, raw simple_evaluate results)``.
     """
+    from fmlab.utils.optional import require
+
+    require("lm_eval", "eval", "lm_eval (lm-evaluation-harness)")
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager

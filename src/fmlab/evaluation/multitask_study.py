@@ -12,6 +12,9 @@ starting point differ:
 Forgetting of the first task = its test metric after ``first only`` minus its test metric after
 training on the second task too (``sequential`` or ``multi-task``). Every run evaluates its last
 checkpoint (``export.which=last``): a best-by-val/loss pick would mix in the untrained task.
+
+With several seeds (``seed=``: the built-in tasks' examples, the data order, the new heads), every
+condition runs once per seed and :func:`write_study` reports ``mean ± std`` over the seeds.
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONDITIONS", "forgetting_rows", "plot_study", "run_study", "write_study"]
+from fmlab.evaluation.seeds import aggregate, fmt, train_once
+
+__all__ = [
+    "CONDITIONS",
+    "aggregate_rows",
+    "forgetting_rows",
+    "plot_study",
+    "run_study",
+    "write_study",
+]
 
 CONDITIONS = ("first only", "second only", "sequential", "multi-task")
 
@@ -42,9 +54,12 @@ def run_study(
     second: str = "topic",
     steps: int = 400,
     overrides: Sequence[str] = (),
+    seed: int | None = None,
     train_fn: Callable[[Path, list[str]], dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the four conditions; returns each run's summary (metrics only).
+
+    A condition whose run directory already holds a ``summary.json`` is read, not repeated.
 
     Args:
         base: The base model (an HF/fmlab export directory).
@@ -53,10 +68,13 @@ def run_study(
         second: The task trained second.
         steps: N (see the module docstring).
         overrides: Extra overrides for every run (e.g. ``method=lora``).
+        seed: ``seed=`` of every run (runs then go to ``runs/seed<seed>/<condition>``).
         train_fn: ``train_fn(run_dir, overrides) -> summary`` (default: in-process fmlab-train).
     """
     if train_fn is None:
-        train_fn = _train_in_process
+        train_fn = train_once
+    if seed is not None:
+        runs, overrides = runs / f"seed{seed}", [f"seed={seed}", *overrides]
     common = [
         "experiment=multitask",
         f"task=[{first},{second}]",
@@ -84,14 +102,6 @@ def run_study(
     ]
     out["sequential"] = train_fn(runs / "sequential", [*common, *sequential])
     return {k: {m: v for m, v in s.items() if not isinstance(v, dict)} for k, s in out.items()}
-
-
-def _train_in_process(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    from fmlab.config import compose_config
-    from fmlab.train import train
-
-    quiet = ["print_config=false", "callbacks.progress_bar=null"]
-    return train(compose_config("train", [*quiet, *overrides], output_dir=run_dir))
 
 
 def forgetting_rows(
@@ -126,10 +136,21 @@ def forgetting_rows(
     return rows
 
 
+def aggregate_rows(per_seed: Sequence[list[dict[str, Any]]], first: str, second: str) -> list:
+    """One row per condition: ``mean ± std`` over seeds of each :func:`forgetting_rows` column."""
+    keys = (first, second, f"{first}_loss", "forgetting")
+    out = []
+    for cond in CONDITIONS:
+        rows = [r for seed_rows in per_seed for r in seed_rows if r["condition"] == cond]
+        if rows:
+            out.append({"condition": cond, "steps": rows[0]["steps"], **aggregate(rows, keys)})
+    return out
+
+
 def plot_study(
     rows: list[dict[str, Any]], first: str, second: str, path: Path, labels: Sequence[str] = ()
 ) -> None:
-    """Grouped bars: each task's test metric per condition (``labels``: the two bars' names)."""
+    """Grouped bars: each task's test metric per condition, mean with ± std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,10 +160,13 @@ def plot_study(
     xs = range(len(rows))
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     names1, names2 = labels or (first, second)
-    ax.bar([x - 0.2 for x in xs], [r[first] for r in rows], width=0.4, label=names1)
-    ax.bar([x + 0.2 for x in xs], [r[second] for r in rows], width=0.4, label=names2)
+    for shift, task, label in ((-0.2, first, names1), (0.2, second, names2)):
+        means, stds = [r[task][0] for r in rows], [r[task][1] for r in rows]
+        ax.bar([x + shift for x in xs], means, yerr=stds, width=0.4, capsize=3, label=label)
     ax.set_xticks(list(xs), names)
-    ax.set(ylabel="test metric", ylim=(0, 1.05), title="multi-task vs. sequential (test)")
+    n = max(r[first][2] for r in rows)
+    title = f"multi-task vs. sequential (test; mean ± std, {n} seeds)"
+    ax.set(ylabel="test metric", ylim=(0, 1.1), title=title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -151,28 +175,38 @@ def plot_study(
 
 
 def write_study(
-    results: dict[str, dict[str, Any]],
+    per_seed: Sequence[dict[str, dict[str, Any]]],
     out: Path,
     first: str,
     second: str,
     metrics: dict[str, str],
 ) -> str:
-    """Write ``results.json``, ``table.md`` and ``study.png`` into ``out``; returns the table."""
+    """Write ``results.json``, ``table.md`` and ``study.png`` into ``out``; returns the table.
+
+    Args:
+        per_seed: :func:`run_study`'s result for each seed.
+        out: The output directory.
+        first: The first task.
+        second: The second task.
+        metrics: Task → the metric compared.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    rows = forgetting_rows(results, first, second, metrics)
+    seed_rows = [forgetting_rows(results, first, second, metrics) for results in per_seed]
+    rows = aggregate_rows(seed_rows, first, second)
     labels = (f"{first} ({metrics[first]})", f"{second} ({metrics[second]})")
     plot_study(rows, first, second, out / "study.png", labels)
-    (out / "results.json").write_text(json.dumps({"rows": rows, "runs": results}, indent=2))
+    dump = {"rows": rows, "per_seed": seed_rows, "runs": list(per_seed)}
+    (out / "results.json").write_text(json.dumps(dump, indent=2))
     lines = [
         f"| condition | steps | {first} {metrics[first]} | {first} loss | {second} "
         f"{metrics[second]} | {first} forgotten |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        forgot = "" if r["forgetting"] is None else f"{r['forgetting']:+.3f}"
+        forgot = "" if r["forgetting"][2] == 0 else fmt(r["forgetting"], sign=True)
         lines.append(
-            f"| {r['condition']} | {r['steps']} | {r[first]:.3f} | {r[f'{first}_loss']:.3f} "
-            f"| {r[second]:.3f} | {forgot} |"
+            f"| {r['condition']} | {r['steps']} | {fmt(r[first])} | {fmt(r[f'{first}_loss'])} "
+            f"| {fmt(r[second])} | {forgot} |"
         )
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table)

@@ -122,7 +122,7 @@ def qlora_backend_error() -> str | None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        return "method=qlora needs bitsandbytes: pip install bitsandbytes"
+        return "method=qlora needs bitsandbytes, which is not installed: pip install 'fmlab[qlora]'"
     return None
 
 
@@ -161,6 +161,8 @@ def load_lora(base: nn.Module, adapter_dir: str | Path, *, trainable: bool = Fal
     adapter_dir = Path(adapter_dir)
     config = LoraConfig.from_pretrained(str(adapter_dir))
     config.inference_mode = not trainable
+    # the base actually given (its location may differ from the recorded one: a moved export)
+    config.base_model_name_or_path = getattr(getattr(base, "config", None), "_name_or_path", None)
     model = get_peft_model(base, config)
     weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model, weights)

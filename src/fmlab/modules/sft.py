@@ -46,13 +46,12 @@ def generation_accuracy(
 class SFTModule(CausalLMModule):
     """Loss/perplexity on response tokens (labels are -100 on prompts) and, at each validation
     and at test, generation-based exact-match accuracy on held-out prompts
-    (``val/exact_match``, ``test/exact_match``).
+    (``val/exact_match``, ``test/exact_match``). The other arguments are those of
+    :class:`CausalLMModule`.
 
     Args:
         exact_match: Score held-out prompts by greedy generation (the DataModule decides how many).
         generation_batch_size: Prompts per generate call.
-        model, optimizer, scheduler, grad_clip, compile, l2sp, kl, kl_on: See
-            :class:`CausalLMModule`.
     """
 
     def __init__(

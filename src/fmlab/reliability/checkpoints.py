@@ -35,6 +35,7 @@ __all__ = [
     "ResumeMode",
     "inspect_checkpoint",
     "remove_stale_temporaries",
+    "resolve_eval_checkpoint",
     "resolve_resume",
 ]
 
@@ -229,6 +230,46 @@ def resolve_resume(
     if infos:
         log.warning("no valid checkpoint in %s (%s): starting from scratch", run_dir, problems)
     return None
+
+
+def resolve_eval_checkpoint(value: str, log_dir: str | Path) -> tuple[str, str]:
+    """The checkpoint ``fmlab-eval ckpt_path=<value>`` evaluates, and how it was chosen.
+
+    - a file: that file;
+    - a run directory (or its ``checkpoints/``): the checkpoint its ``summary.json`` reported
+      (``evaluated_checkpoint``: the best by default, ``export.which``), so eval and training
+      report numbers of the same weights; a run without a summary (unfinished): its newest
+      ``last.ckpt``;
+    - ``last``: ``checkpoints/last.ckpt`` of the latest training run (``<log_dir>/train/latest``,
+      resolved here: the run is named in the answer).
+
+    Raises:
+        CheckpointError: Nothing usable there.
+    """
+    import json
+
+    if value == "last":
+        run = (Path(log_dir) / "train" / "latest").resolve()
+        last = run / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise CheckpointError(f"ckpt_path=last: no {last} (run fmlab-train first)")
+        return str(last), f"last checkpoint of the latest training run {run}"
+    path = Path(value).expanduser()
+    if path.is_dir() and not is_sharded_checkpoint(path):
+        run = path.parent if path.name == "checkpoints" else path
+        summary = run / "summary.json"
+        data = json.loads(summary.read_text()) if summary.is_file() else {}
+        chosen = data.get("evaluated_checkpoint")
+        if chosen and Path(chosen).exists():
+            return chosen, f"evaluated_checkpoint of {summary} (what the training run reported)"
+        if chosen:
+            raise CheckpointError(
+                f"ckpt_path={value}: {summary} reports evaluated_checkpoint={chosen}, which no "
+                "longer exists; name a checkpoint file instead"
+            )
+        newest = resolve_resume(str(run), "off", run)
+        return str(newest), f"last checkpoint of {run} (no summary.json: an unfinished run?)"
+    return str(resolve_resume(value, "off", path.parent)), "given"
 
 
 def normalize_epoch_end(checkpoint: dict) -> bool:

@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["KIND_METRICS", "PRIMARY_METRIC", "TaskSpec", "parse_tasks", "task_shares"]
+__all__ = [
+    "KIND_METRICS",
+    "PRIMARY_METRIC",
+    "TaskSource",
+    "TaskSpec",
+    "parse_tasks",
+    "task_shares",
+]
 
 Kind = Literal["generative", "classification", "regression"]
 Sampling = Literal["proportional", "temperature", "round_robin", "weights"]
@@ -29,6 +36,16 @@ KIND_METRICS: dict[str, tuple[str, ...]] = {
 PRIMARY_METRIC = {kind: names[0] for kind, names in KIND_METRICS.items()}
 
 
+class TaskSource(BaseModel):
+    """A file of a task: ``path``, and optionally the split all its rows go to (``split``:
+    your own validation/test file; undeclared files are hash-split)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    split: Literal["train", "validation", "test"] | None = None
+
+
 class TaskSpec(BaseModel):
     """One task. Data comes from a built-in generator (``builtin``) or from files (``sources``).
 
@@ -40,7 +57,9 @@ class TaskSpec(BaseModel):
         n_train: Examples generated per split for a built-in task (train).
         n_val: Validation examples of a built-in task.
         n_test: Test examples of a built-in task.
-        sources: Files with the fields below; split by a hash of the input text.
+        sources: Files with the fields below (paths, or ``{path, split}`` for a file that is
+            all one split); undeclared files are split by a hash of the input text into the
+            splits no file declares.
         input_field: Record field of the input (generative: the prompt).
         target_field: Record field of the target: the response, the class (an index or a name
             from ``labels``) or the number.
@@ -67,7 +86,7 @@ class TaskSpec(BaseModel):
     n_train: Annotated[int, Field(gt=0)] = 2000
     n_val: Annotated[int, Field(gt=0)] = 200
     n_test: Annotated[int, Field(gt=0)] = 200
-    sources: list[str] | None = None
+    sources: list[str | TaskSource] | None = None
     input_field: str = "prompt"
     target_field: str = "response"
     template: str = "{input}"
@@ -82,6 +101,11 @@ class TaskSpec(BaseModel):
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     primary_metric: str | None = None
+
+    @property
+    def source_specs(self) -> list[TaskSource]:
+        """``sources`` as :class:`TaskSource` (plain paths: undeclared split)."""
+        return [TaskSource(path=s) if isinstance(s, str) else s for s in self.sources or []]
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:

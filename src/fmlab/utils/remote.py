@@ -76,6 +76,9 @@ def open_fs(uri: str, storage_options: dict[str, Any] | None = None, what: str =
     """
     from fsspec.core import url_to_fs
 
+    from fmlab.utils.optional import require_filesystem
+
+    require_filesystem(uri, f"{what}={uri}")  # s3:// without fmlab[s3]: say which extra
     options = dict(storage_options or {})
     if not is_remote(uri):  # a mounted shared filesystem (NFS, EFS, Lustre) works too
         options.setdefault("auto_mkdir", True)

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "_target_": f"{__name__}.FmlabOptunaSweeper",
+    # the sampler node reaches __init__ as config and is built in _study(): without optuna
+    # (the [sweeps] extra) setup() then says what to install instead of Hydra failing to
+    # locate optuna.samplers.TPESampler
+    "_recursive_": False,
     "direction": "minimize",
     "study_name": None,
     "storage": None,
@@ -113,6 +117,9 @@ class FmlabOptunaSweeper(Sweeper):
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         """Keep the config and instantiate the launcher that runs the trials."""
+        from fmlab.utils.optional import require
+
+        require("optuna", "sweeps", "hydra/sweeper=fmlab_optuna (hparams_search=...)")
         self.hydra_context, self.config = hydra_context, config
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
@@ -138,8 +145,8 @@ class FmlabOptunaSweeper(Sweeper):
         import optuna
         from hydra.utils import instantiate
 
-        sampler = self.sampler_cfg  # Hydra already built it (recursive instantiation) ...
-        if isinstance(sampler, dict | DictConfig):  # ... unless constructed by hand
+        sampler = self.sampler_cfg  # a config node (DEFAULTS: not built by Hydra) or a sampler
+        if isinstance(sampler, dict | DictConfig):
             sampler = instantiate(sampler)
         study = optuna.create_study(
             study_name=self.study_name,

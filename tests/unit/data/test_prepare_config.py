@@ -34,7 +34,7 @@ def test_every_recipe_composes_validates_and_builds(recipe, tmp_path):
         ("clean.pii=[mail]", r"clean.pii: 0: Input should be 'email', 'ip' or 'phone'"),
         ("filter.min_alpha_words=2", r"filter.min_alpha_words: Input should be less than or"),
         ("dedup.num_perm=8", r"dedup.num_perm: Input should be greater than or equal to 16"),
-        ("split.by=nope", r"split.by: Input should be 'auto', 'text', 'prompt' or 'id'"),
+        ("split.by=nope", r"split.by: Input should be 'auto', 'text', 'prompt', 'id' or 'date'"),
         ("decontaminate.ngram=2", r"decontaminate.ngram: Input should be greater than or equal"),
         ("segment.block_size=0", r"segment.block_size: Input should be greater than 0"),
         ("output_format=csv", r"output_format: Input should be 'arrow', 'parquet' or 'stre"),

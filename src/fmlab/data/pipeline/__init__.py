@@ -7,29 +7,24 @@ validate), :class:`Clean`, :class:`Filter`, :class:`Dedup`, :class:`Split`,
 command line.
 """
 
-from fmlab.data.pipeline.clean import Clean
-from fmlab.data.pipeline.dedup import Dedup
-from fmlab.data.pipeline.quality import Filter
-from fmlab.data.pipeline.records import PrepareError, SourceSpec
-from fmlab.data.pipeline.run import prepare_dataset
-from fmlab.data.pipeline.segment import SFT, Classify, Pack
-from fmlab.data.pipeline.split import Decontaminate, Split
-from fmlab.data.pipeline.structure import Structure
-from fmlab.data.pipeline.write import Write, load_card
+from fmlab.utils.lazy import lazy_exports
 
-__all__ = [
-    "SFT",
-    "Classify",
-    "Clean",
-    "Decontaminate",
-    "Dedup",
-    "Filter",
-    "Pack",
-    "PrepareError",
-    "SourceSpec",
-    "Split",
-    "Structure",
-    "Write",
-    "load_card",
-    "prepare_dataset",
-]
+# loaded on first use (fmlab.utils.lazy): the schema of fmlab-prepare needs SourceSpec only
+_EXPORTS = {
+    "SFT": "fmlab.data.pipeline.segment",
+    "Classify": "fmlab.data.pipeline.segment",
+    "Clean": "fmlab.data.pipeline.clean",
+    "Decontaminate": "fmlab.data.pipeline.split",
+    "Dedup": "fmlab.data.pipeline.dedup",
+    "Filter": "fmlab.data.pipeline.quality",
+    "Pack": "fmlab.data.pipeline.segment",
+    "PrepareError": "fmlab.data.pipeline.records",
+    "SourceSpec": "fmlab.data.pipeline.records",
+    "Split": "fmlab.data.pipeline.split",
+    "Structure": "fmlab.data.pipeline.structure",
+    "Write": "fmlab.data.pipeline.write",
+    "load_card": "fmlab.data.pipeline.write",
+    "prepare_dataset": "fmlab.data.pipeline.run",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

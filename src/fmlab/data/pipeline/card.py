@@ -115,6 +115,12 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"| `{src['source']}` | {_fmt(src['files'] or '-')} | {src['bytes'] / 1e6:.2f} | "
             f"{_fmt(src['rows'])} | {_fmt(src['kept'])} | {_reasons(src['bad'])} |"
         )
+    if card.get("split_sources"):  # which split came from which source (declared or hashed)
+        out += ["", "## Splits by source", "", "| source | declared | " + " | ".join(SPLITS) + " |"]
+        out.append("|---|---|" + "---:|" * len(SPLITS))
+        for label, per in card["split_sources"].items():
+            cells = " | ".join(_fmt(per.get(s, 0)) for s in SPLITS)
+            out.append(f"| `{label}` | {per.get('declared') or 'hash split'} | {cells} |")
     out += ["", "## Domains", "", "| domain | " + " | ".join(SPLITS) + " |"]
     out.append("|---|" + "---:|" * len(SPLITS))
     for dom, per in sorted(card["domains"].items()):
@@ -131,6 +137,19 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"{_fmt(dates['with_date'])} records dated from {dates['min']} to {dates['max']} "
             f"(data cutoff **{dates['cutoff']}**); {_fmt(dates['without_date'])} without a date."
         )
+        spans = dates.get("by_split") or {}
+        out += [f"- {s}: {spans[s]['min']} .. {spans[s]['max']}" for s in SPLITS if s in spans]
+        window = card["stages"].get("filter", {}).get("dates")
+        if window:
+            out.append(
+                f"- window: after {window['after'] or '-'} (exclusive), on or before "
+                f"{window['before'] or '-'}; {_fmt(window['undated'])} undated record(s) "
+                f"({window['undated_policy']})"
+            )
+        held = card["stages"].get("split", {}).get("dates")
+        if held:
+            test = f", test after {held['test_after']}" if held["test_after"] else ""
+            out.append(f"- split by date: held out after {held['heldout_after']}{test}")
     else:
         out.append("No record carries a date (set `date_field` on a source to record one).")
     dup = card.get("duplicates")

@@ -10,6 +10,7 @@ share of word characters covered by repeated occurrences of 5..10-grams.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections import Counter
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from fmlab.data.pipeline.dates import Undated, iso, undated_error, window_batch
 from fmlab.data.pipeline.engine import ArrowSink, Runner, Stage
 from fmlab.data.pipeline.hashing import ngram_hashes
 from fmlab.data.pipeline.records import content_of
@@ -202,16 +204,24 @@ def quality_reason(text: str, o: dict[str, Any]) -> str | None:
 def _filter_batch(
     batch: pa.RecordBatch, opts: dict[str, Any], kind: str
 ) -> tuple[pa.RecordBatch, Counter]:
+    counts: Counter = Counter()
+    if "undated" in opts:  # a date window or an undated policy (fmlab.data.pipeline.dates)
+        batch, counts = window_batch(
+            batch, opts["date_after"], opts["date_before"], opts["undated"]
+        )
+    if not opts.get("rules", True):
+        return batch, counts
     reasons = [quality_reason(t, opts) for t in content_of(batch.to_pydict(), kind)]
-    counts = Counter(r for r in reasons if r)
-    return batch.filter(pa.array([r is None for r in reasons])), counts
+    counts.update(r for r in reasons if r)
+    return batch.filter(pa.array([r is None for r in reasons], type=pa.bool_())), counts
 
 
 class Filter(Stage):
-    """Drop low-quality documents by length, character-class and repetition rules.
+    """Drop low-quality documents by length, character-class and repetition rules, and keep a
+    date window.
 
     Args:
-        enabled: Run this stage.
+        enabled: Apply the quality rules below (a date window set here applies either way).
         min_chars: Fewest characters.
         max_chars: Most characters.
         min_words: Fewest words (Gopher: 50).
@@ -232,6 +242,11 @@ class Filter(Stage):
             frequent n-gram (Gopher: 2: 0.2, 3: 0.18, 4: 0.16).
         dup_ngram_max_share: ``{n: share}``: largest share of word characters covered by
             repeated n-grams (Gopher: 5: 0.15 ... 10: 0.10).
+        date_after: Keep records dated strictly after this day (exclusive; a release's data
+            cutoff: its next window starts the day after).
+        date_before: Keep records dated on or before this day (inclusive).
+        undated: Records without a date: ``keep`` (they pass any window), ``drop`` or
+            ``error`` (refuse the data, naming them). Counted in the card either way.
     """
 
     name = "filter"
@@ -258,13 +273,36 @@ class Filter(Stage):
         max_dup_paragraph_chars: Ratio | None = 0.2,
         top_ngram_max_share: dict[Annotated[int, Field(ge=2)], Ratio] | None = _GOPHER_TOP,
         dup_ngram_max_share: dict[Annotated[int, Field(ge=2)], Ratio] | None = _GOPHER_DUP,
+        date_after: dt.date | None = None,
+        date_before: dt.date | None = None,
+        undated: Undated = "keep",
     ) -> None:
-        settings = {k: v for k, v in locals().items() if k not in ("self", "enabled", "__class__")}
+        settings = {
+            k: v
+            for k, v in locals().items()
+            if k not in {"self", "enabled", "__class__", "date_after", "date_before", "undated"}
+        }
         for key in ("top_ngram_max_share", "dup_ngram_max_share"):
             settings[key] = {int(k): float(v) for k, v in (settings[key] or {}).items()}
-        super().__init__(enabled, **settings)
+        after, before = iso(date_after), iso(date_before)
+        if after and before and after >= before:
+            raise ValueError(
+                f"filter.date_after={after} must be before filter.date_before={before} "
+                "(the window is after < date <= before)"
+            )
+        # date settings join the fingerprint only when used: other datasets keep their caches
+        window = after is not None or before is not None or undated != "keep"
+        if window:
+            settings.update(date_after=after, date_before=before, undated=undated)
+            if not enabled:
+                settings["rules"] = False
+        super().__init__(enabled or window, **settings)
 
     def run(self, runner: Runner, table: pa.Table, out: Path, kind: str) -> dict[str, Any]:
+        undated = table.column("date").null_count
+        if undated and self.params.get("undated") == "error":  # before any work, all counted
+            missing = table.filter(table.column("date").is_null()).column("id")
+            raise undated_error(undated, missing.slice(0, 3).to_pylist(), "filter")
         task = functools.partial(_filter_batch, opts=self.params, kind=kind)
         removed: Counter = Counter()
         with ArrowSink(out / "data.arrow", table.schema) as sink:
@@ -273,4 +311,9 @@ class Filter(Stage):
             ):
                 sink.write(batch)
                 removed.update(counts)
-        return {"in": table.num_rows, "out": sink.rows, "removed": dict(removed)}
+        stats = {"in": table.num_rows, "out": sink.rows, "removed": dict(removed)}
+        if "undated" in self.params:  # what the date window did, for the card
+            p = self.params
+            stats["dates"] = {"after": p["date_after"], "before": p["date_before"]}
+            stats["dates"].update(undated=undated, undated_policy=p["undated"])
+        return stats

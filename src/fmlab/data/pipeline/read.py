@@ -28,6 +28,7 @@ from fsspec.core import url_to_fs
 
 from fmlab.data.pipeline.records import BadRow, PrepareError, SourceSpec
 from fmlab.data.pipeline.tables import not_data, partition_fields, sniff_format
+from fmlab.utils.optional import require_filesystem
 
 __all__ = ["FORMATS", "ResolvedSource", "iter_rows", "resolve_source"]
 
@@ -106,6 +107,7 @@ def resolve_source(
         spec = spec.model_copy(update={"name": spec.name or path})
         path = local
     options = {**(storage_options or {}), **(spec.storage_options or {})}
+    require_filesystem(path, f"source '{spec.path}'")  # s3:// without fmlab[s3]
     try:
         fs, root = url_to_fs(path, **options)
     except Exception as err:  # unknown protocol, missing optional dependency
@@ -149,7 +151,9 @@ def resolve_source(
                 f"source '{spec.path}': no such file, or no {sorted(FORMATS)} files match "
                 f"there{ignored}"
             )
-        return ResolvedSource(spec, "hub", [spec.path], [(spec.path, spec.hf_name, spec.split)])
+        return ResolvedSource(
+            spec, "hub", [spec.path], [(spec.path, spec.hf_name, spec.read_split)]
+        )
     unknown = sorted({f for f in files if _format_of(f) is None and not formats.get(f)})
     if unknown:
         raise PrepareError(
@@ -371,16 +375,16 @@ def iter_rows(src: ResolvedSource, cache_dir: str | None = None) -> Iterator[Row
                 f"source '{spec.path}': cannot load the saved dataset: {err}"
             ) from err
         if isinstance(loaded, datasets.DatasetDict):
-            if spec.split not in loaded:
+            if spec.read_split not in loaded:
                 raise PrepareError(
-                    f"source '{spec.path}': no split '{spec.split}' (has {sorted(loaded)})"
+                    f"source '{spec.path}': no split '{spec.read_split}' (has {sorted(loaded)})"
                 )
-            loaded = loaded[spec.split]
+            loaded = loaded[spec.read_split]
         yield from _dataset_rows(loaded, spec.label)
         return
     try:  # a Hub dataset, streamed so that memory stays bounded
         ds = datasets.load_dataset(
-            spec.path, spec.hf_name, split=spec.split, streaming=True, cache_dir=cache_dir
+            spec.path, spec.hf_name, split=spec.read_split, streaming=True, cache_dir=cache_dir
         )
         rows = iter(ds)
         first = next(rows, None)

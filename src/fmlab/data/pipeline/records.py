@@ -12,10 +12,12 @@ Every kind also carries ``id``, ``source``, ``domain`` and ``date`` (ISO ``YYYY-
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "KINDS",
@@ -43,6 +45,11 @@ class SourceSpec(BaseModel):
     ``.gz``/``.bz2``/``.zst``/``.xz`` compressed), a ``save_to_disk`` directory, an ``s3://`` (or
     other fsspec) URI of any of these, ``embedded:english``/``embedded:code``, or a Hugging Face
     dataset name. Field names may be dotted paths into nested JSON (``meta.date``).
+
+    ``split`` declares the split every row of this source goes to (``train``, ``validation`` or
+    ``test``: your own held-out files); undeclared sources are hash-split
+    (:mod:`fmlab.data.splits`). ``hf_split`` names the split to read from a Hub dataset or
+    ``DatasetDict`` (default: ``split``, else ``train``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -57,14 +64,30 @@ class SourceSpec(BaseModel):
     domain_field: str | None = None
     domain: str | None = None  # one domain for every record of this source
     name: str | None = None  # how the source appears in ids and the data card (default: path)
-    split: str = "train"  # split of a DatasetDict or Hub dataset
+    split: Literal["train", "validation", "test"] | None = None  # declared: every row goes there
+    hf_split: str | None = None  # split read from a DatasetDict or Hub dataset
     hf_name: str | None = None  # Hub dataset configuration
     txt_sample_by: Literal["paragraph", "line", "document"] = "paragraph"
     storage_options: dict[str, Any] | None = None  # fsspec options (s3: endpoint_url, key, ...)
 
+    @field_validator("split", mode="before")
+    @classmethod
+    def _known_split(cls, value: Any) -> Any:
+        if value is not None and value not in ("train", "validation", "test"):
+            raise ValueError(
+                f"split={value!r}: the split these rows go to is train, validation or test; to "
+                f"read a Hub/DatasetDict split named {value!r} set hf_split: {value}"
+            )
+        return value
+
     @property
     def label(self) -> str:
         return self.name or self.path
+
+    @property
+    def read_split(self) -> str:
+        """The split read from a Hub dataset or ``DatasetDict``."""
+        return self.hf_split or self.split or "train"
 
 
 class BadRow(Exception):
@@ -89,6 +112,8 @@ def content_of(batch: dict[str, list], kind: str) -> list[str]:
 
 def record_schema(kind: str) -> pa.Schema:
     """Arrow schema of structured records of ``kind``."""
+    import pyarrow as pa  # here, not at the top: fmlab-prepare's config schema imports this module
+
     fields = [pa.field("id", pa.string()), pa.field("source", pa.string())]
     if kind == "sft":
         fields += [pa.field("prompt", pa.string()), pa.field("response", pa.string())]

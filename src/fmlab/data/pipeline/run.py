@@ -32,7 +32,7 @@ from fmlab.data.pipeline.segment import SFT, Classify, Pack
 from fmlab.data.pipeline.split import Decontaminate, Split
 from fmlab.data.pipeline.structure import Structure
 from fmlab.data.pipeline.write import Write, load_card, publish, staging_dir
-from fmlab.data.splits import SPLITS
+from fmlab.data.splits import SPLITS, split_sources
 from fmlab.utils import atomic_write_text, write_json
 from fmlab.utils.io import is_disk_full
 
@@ -115,6 +115,16 @@ def _train_texts(table: pa.Table, kind: str, limit: int | None) -> Callable[[], 
     return texts
 
 
+def _by_source(records: pa.Table, specs: list[SourceSpec]) -> dict[str, dict[str, Any]]:
+    """Documents per split of every source, and the split each source declared (if any)."""
+    counts: dict[str, dict[str, int]] = {}
+    if records.num_rows:
+        by = records.group_by(["source", "split"]).aggregate([("id", "count")]).to_pylist()
+        for row in by:
+            counts.setdefault(row["source"], {})[row["split"]] = row["id_count"]
+    return split_sources({s.label: s.split for s in specs}, counts)
+
+
 def _summaries(records: pa.Table, seg_stats: dict[str, Any] | None) -> dict[str, Any]:
     dates = records.column("date")
     valid = pc.drop_null(dates)
@@ -128,6 +138,7 @@ def _summaries(records: pa.Table, seg_stats: dict[str, Any] | None) -> dict[str,
     for split, per in ((seg_stats or {}).get("domains") or {}).items():
         for dom, c in per.items():
             domains.setdefault(dom, {}).setdefault(split, {}).update(c)
+    spans = records.group_by("split").aggregate([("date", "min"), ("date", "max")]).to_pylist()
     return {
         "dates": {
             "with_date": len(valid),
@@ -135,6 +146,12 @@ def _summaries(records: pa.Table, seg_stats: dict[str, Any] | None) -> dict[str,
             "min": lo_hi["min"],
             "max": lo_hi["max"],
             "cutoff": lo_hi["max"],
+            # per split: what a model trained on this data saw (train) and is measured on
+            "by_split": {
+                r["split"]: {"min": r["date_min"], "max": r["date_max"]}
+                for r in spans
+                if r["date_max"] is not None
+            },
         },
         "domains": domains,
     }
@@ -263,6 +280,7 @@ def prepare_dataset(
     if existing and existing.get("plan_fingerprint") == plan:
         return {**existing, "path": output_dir, "up_to_date": True}
 
+    declared = {s.label: s.split for s in specs if s.split}  # sources with their own split
     runner = Runner(work_dir, num_proc, batch_size, progress)
     with runner.session():
         data: Path | None = None
@@ -275,7 +293,9 @@ def prepare_dataset(
                     else:
                         table = read_table(data)
                         stats["in_bytes"] = _text_bytes(table, kind)
-                        extra = (bench, cache_dir) if stage_name == "decontaminate" else ()
+                        extra = {"decontaminate": (bench, cache_dir), "split": (declared,)}.get(
+                            stage_name, ()
+                        )
                         stats.update(stage.run(runner, table, tmp, kind, *extra))
                         del table
                 runner.note(
@@ -392,6 +412,8 @@ def _card(name, kind, segment, stages, rows, records, seg_stats, tok, hist, plan
         "splits": splits,
         "stages": all_stages,
         "sources": stages["structure"]["sources"],
+        # which splits came from which source: declared (split: ...) or hash-split (null)
+        "split_sources": _by_source(records, specs),
         "duplicates": stages.get("dedup", {}).get("clusters"),
         **summary,
         "histograms": hist,

@@ -2,7 +2,9 @@
 
 Split: train/validation/test by a hash of each record's content
 (:func:`fmlab.data.splits.split_of`), so a document keeps its split however the corpus grows or is
-re-ordered.
+re-ordered; or, with ``by=date``, by time (:mod:`fmlab.data.pipeline.timesplit`). Records of a
+source that declares its split (``SourceSpec.split``) keep that split; undeclared sources are
+split into the splits no source declares.
 
 Decontaminate: drop training records that share a long word n-gram (13 by default, as GPT-3) with
 the validation/test splits or with benchmark files. Text is normalized first (lowercase, no
@@ -11,6 +13,7 @@ punctuation), so formatting differences do not hide an overlap.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections import Counter
 from collections.abc import Iterator
@@ -22,19 +25,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from fmlab.data.pipeline.dates import Unit, iso
 from fmlab.data.pipeline.engine import ArrowSink, Runner, Stage
 from fmlab.data.pipeline.hashing import ngram_hashes, normalized_words, word_hashes
 from fmlab.data.pipeline.read import ResolvedSource, iter_rows
 from fmlab.data.pipeline.records import BadRow, SourceSpec, content_of
-from fmlab.data.splits import SPLITS, split_of
+from fmlab.data.pipeline.timesplit import run_date_split, write_labelled
+from fmlab.data.splits import SPLITS, hash_fractions, split_of
 
-__all__ = ["Decontaminate", "Split"]
+__all__ = ["Decontaminate", "Split", "split_kwargs"]
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 def _split_batch(
-    batch: pa.RecordBatch, kind: str, by: str, vf: float, tf: float, salt: str
+    batch: pa.RecordBatch,
+    kind: str,
+    by: str,
+    vf: float,
+    tf: float,
+    salt: str,
+    declared: dict[str, str] | None = None,
 ) -> pa.RecordBatch:
     cols = batch.to_pydict()
     if by == "id":
@@ -43,22 +54,33 @@ def _split_batch(
         keys = cols["prompt"]
     else:
         keys = content_of(cols, kind)
-    labels = pa.array([split_of(k, vf, tf, salt) for k in keys], type=pa.string())
+    declared = declared or {}
+    labels = pa.array(
+        [declared.get(src) or split_of(k, vf, tf, salt) for k, src in zip(keys, cols["source"])],
+        type=pa.string(),
+    )
     return pa.RecordBatch.from_arrays(
         [*batch.columns, labels], schema=batch.schema.append(pa.field("split", pa.string()))
     )
 
 
 class Split(Stage):
-    """Assign each record to train/validation/test by a hash of its content.
+    """Assign each record to train/validation/test by a hash of its content, or by its date.
 
     Args:
         enabled: Run this stage (off: every record is ``train``).
-        val_fraction: Expected share of records in validation.
+        val_fraction: Expected share of records in validation (``by=date``: with
+            ``test_fraction``, the ratio in which held-out records are divided).
         test_fraction: Expected share in test.
         salt: Changes the (equally deterministic) assignment.
         by: What is hashed: ``auto`` (the prompt for SFT records, so variants of one prompt
-            never straddle splits; the text otherwise), ``text``, ``prompt`` or ``id``.
+            never straddle splits; the text otherwise), ``text``, ``prompt`` or ``id``; or
+            ``date``: the latest records are held out (see :mod:`fmlab.data.pipeline.timesplit`).
+        period: ``by=date``: without ``heldout_after``, the latest ``month``/``quarter``/
+            ``year`` of the data is held out.
+        heldout_after: ``by=date``: records dated after this day (exclusive) are held out.
+        test_after: ``by=date``: held-out records dated after this day go to test, the earlier
+            ones to validation (default: divided by hash).
     """
 
     name = "split"
@@ -70,31 +92,57 @@ class Split(Stage):
         val_fraction: Fraction = 0.05,
         test_fraction: Fraction = 0.05,
         salt: str = "",
-        by: Literal["auto", "text", "prompt", "id"] = "auto",
+        by: Literal["auto", "text", "prompt", "id", "date"] = "auto",
+        period: Unit = "quarter",
+        heldout_after: dt.date | None = None,
+        test_after: dt.date | None = None,
     ) -> None:
-        if val_fraction + test_fraction >= 1:
+        if val_fraction + test_fraction >= 1 and by != "date":  # by=date: only their ratio
             raise ValueError("split.val_fraction + split.test_fraction must be < 1")
+        dated = {
+            "period": period,
+            "heldout_after": iso(heldout_after),
+            "test_after": iso(test_after),
+        }
+        if by != "date" and (heldout_after or test_after):
+            raise ValueError("split.heldout_after/test_after need split.by=date")
         super().__init__(
-            enabled, val_fraction=val_fraction, test_fraction=test_fraction, salt=salt, by=by
+            enabled,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            salt=salt,
+            by=by,
+            **(dated if by == "date" else {}),  # other splits keep their fingerprints
         )
 
-    def run(self, runner: Runner, table: pa.Table, out: Path, kind: str) -> dict[str, Any]:
-        p = self.params
-        task = functools.partial(
-            _split_batch,
-            kind=kind,
-            by=p["by"],
-            vf=p["val_fraction"] if self.enabled else 0.0,
-            tf=p["test_fraction"] if self.enabled else 0.0,
-            salt=p["salt"],
-        )
-        schema = table.schema.append(pa.field("split", pa.string()))
-        with ArrowSink(out / "data.arrow", schema) as sink:
-            for batch in runner.map(
-                runner.batches(table), task, description="split", total=table.num_rows
-            ):
-                sink.write(batch)
-        return {"in": table.num_rows, "out": sink.rows, "removed": {}}
+    def run(
+        self,
+        runner: Runner,
+        table: pa.Table,
+        out: Path,
+        kind: str,
+        declared: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        args = split_kwargs(self, kind, declared)
+        if self.params["by"] == "date" and self.enabled:
+            return run_date_split(runner, table, out, self.params, args)
+        task = functools.partial(_split_batch, **args)
+        rows = write_labelled(runner, table, out, task, "split")
+        return {"in": table.num_rows, "out": rows, "removed": {}}
+
+
+def split_kwargs(split: Split, kind: str, declared: dict[str, str] | None) -> dict[str, Any]:
+    """Arguments of the per-batch split labelling (local and Spark engines).
+
+    Args:
+        split: The stage.
+        kind: Record kind.
+        declared: Source label -> declared split (sources whose rows all go to one split).
+    """
+    p = split.params
+    vf, tf = (p["val_fraction"], p["test_fraction"]) if split.enabled else (0.0, 0.0)
+    vf, tf = hash_fractions(vf, tf, (declared or {}).values())
+    return dict(kind=kind, by=p["by"], vf=vf, tf=tf, salt=p["salt"], declared=declared or {})
 
 
 def _strings(value: Any) -> list[str]:

@@ -31,6 +31,7 @@ from pydantic import Field
 
 from fmlab.data.pipeline.engine import Stage, read_table
 from fmlab.data.pipeline.records import PrepareError
+from fmlab.utils.optional import require_filesystem
 
 __all__ = ["Write", "is_remote", "load_card", "publish"]
 
@@ -130,6 +131,7 @@ class Write(Stage):
 
 def load_card(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The ``card.json`` of a prepared dataset, or None if there is none."""
+    require_filesystem(uri, f"dataset {uri}")  # s3:// without fmlab[s3]
     fs, root = url_to_fs(uri, **(storage_options or {}))
     fs.invalidate_cache()  # a cached listing may predate the last write
     path = f"{root.rstrip('/')}/card.json"
@@ -157,6 +159,7 @@ def staging_dir(uri: str, work_dir: Path) -> Path:
 
 def publish(tmp: Path, uri: str, storage_options: dict[str, Any] | None = None) -> None:
     """Move the assembled dataset ``tmp`` to ``uri`` (see the module docstring)."""
+    require_filesystem(uri, f"output_dir={uri}")
     fs, root = url_to_fs(uri, **(storage_options or {}))
     _refuse_foreign(fs, root, uri)
     if not is_remote(uri):

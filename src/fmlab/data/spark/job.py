@@ -64,6 +64,8 @@ def _check(structure: Structure, split: Split, segment: Any, tokenizer: Any) -> 
         )
     if split.params["by"] == "prompt" and kind != "sft":
         raise PrepareError(f"split.by=prompt needs structure.kind=sft (kind is '{kind}')")
+    if split.params["by"] == "date":  # its held-out bound is a property of the whole corpus
+        raise PrepareError("split.by=date runs on engine=local only (engine is spark)")
 
 
 def prepare_on_spark(
@@ -202,7 +204,9 @@ def _run(
             step = {"clean": clean_records, "filter": filter_records, "dedup": dedup_records}
             df, st = step[key](run, df, stage, st["out"])
             _done(run, report, key, stage, st)
-        df, st = split_records(run, df, split, st["out"])
+        declared = {s.label: s.split for s in specs if s.split}  # sources with their own split
+        df, st = split_records(run, df, split, st["out"], declared)
+        st["declared"] = declared
         _done(run, report, "split", split, st)
         if decontaminate is not None:
             df, st = decontaminate_records(run, df, decontaminate, bench, cache_dir, st["out"])

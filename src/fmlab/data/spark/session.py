@@ -55,13 +55,11 @@ class SparkSettings:
 
     def session(self) -> tuple[Any, bool]:
         """The active SparkSession or a new one; returns ``(session, created_here)``."""
-        try:
-            from pyspark.sql import SparkSession
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "engine=spark needs pyspark: pip install 'fmlab[spark]' (pyspark>=3.5,<3.6)"
-            ) from err
+        from fmlab.utils.optional import require
+
+        require("pyspark", "spark", "engine=spark")
         from pyspark import SparkContext
+        from pyspark.sql import SparkSession
 
         if SparkContext._active_spark_context is not None:
             # a notebook, a test fixture, a Glue job: use their session as it is, leave it open

@@ -30,6 +30,7 @@ from fmlab.data.pipeline.split import (
     _grams,
     _split_batch,
     _strings,
+    split_kwargs,
 )
 from fmlab.data.spark.frames import IDX, SPLIT, SparkRun
 
@@ -118,17 +119,12 @@ def _split_task(batch: pa.RecordBatch, **kwargs: Any):
     return _split_batch(batch, **kwargs), {}, None
 
 
-def split_records(run: SparkRun, df: Any, split: Split, n_in: int) -> tuple[Any, dict[str, Any]]:
-    """Add the ``split`` column (hash of the content, :func:`fmlab.data.splits.split_of`)."""
-    p = split.params
-    task = functools.partial(
-        _split_task,
-        kind=run.kind,
-        by=p["by"],
-        vf=p["val_fraction"] if split.enabled else 0.0,
-        tf=p["test_fraction"] if split.enabled else 0.0,
-        salt=p["salt"],
-    )
+def split_records(
+    run: SparkRun, df: Any, split: Split, n_in: int, declared: dict[str, str] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Add the ``split`` column: a source's declared split, else a hash of the content
+    (:func:`fmlab.data.splits.split_of`)."""
+    task = functools.partial(_split_task, **split_kwargs(split, run.kind, declared))
     df, _, _, seconds = run.map(df, task, split_in=False, split_out=True)
     return df, {"in": n_in, "out": n_in, "removed": {}, "seconds": round(seconds, 3)}
 

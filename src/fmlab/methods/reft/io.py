@@ -40,8 +40,23 @@ def _tensors(model: ReftModel) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_reft(model: ReftModel, out_dir: str | Path) -> Path:
+def _base_name(model: ReftModel) -> str | None:
+    """Where the base model was loaded from: absolute when it is a local directory (a relative
+    path would break as soon as the export or the working directory moves)."""
+    name = getattr(model.config, "_name_or_path", None) or None
+    if name and Path(name).expanduser().exists():
+        return str(Path(name).expanduser().resolve())
+    return name
+
+
+def save_reft(model: ReftModel, out_dir: str | Path, *, base: dict | None = None) -> Path:
     """Write ``reft_config.json`` and ``interventions.safetensors`` into ``out_dir`` (created).
+
+    Args:
+        model: The ReFT model.
+        out_dir: Target directory.
+        base: The resolved base reference (:meth:`fmlab.lineage.ModelRef.to_dict`), recorded as
+            ``base_model`` so a load can find the base and check its fingerprint.
 
     Returns:
         The directory.
@@ -54,7 +69,8 @@ def save_reft(model: ReftModel, out_dir: str | Path) -> Path:
         "version": VERSION,
         **model.spec(),
         "base_model_class": type(model.base).__name__,
-        "base_model_name": getattr(model.config, "_name_or_path", None) or None,
+        "base_model_name": (base or {}).get("path") or _base_name(model),
+        "base_model": base,
         "dtype": str(model.dtype).removeprefix("torch."),  # the base's; interventions: float32
         "intervention_dtype": "float32",
         "tensors": sorted(tensors),
