@@ -43,7 +43,11 @@ if ! installed "$extras" && ! { [ -z "$extras" ] && installed dev; }; then
   target="."
   [ -n "$extras" ] && target=".[$extras]"
   echo "[fmlab] installing fmlab ${extras:+[$extras] }and its dependencies"
-  "$VPY" -m pip install -q -e "$target"
+  # Keep the torch just installed (or the user's own): a dependency that asks for torchvision
+  # (litdata, in [streaming]) would otherwise pull the newest one and upgrade torch to a
+  # multi-GB CUDA build; pinned, pip picks the torchvision that matches this torch.
+  torch_pin="torch==$("$VPY" -c "import torch; print(torch.__version__.split('+')[0])")"
+  "$VPY" -m pip install -q -e "$target" "$torch_pin"
   echo "$hash" > "$(stamp "$extras")"
 fi
 
