@@ -118,12 +118,13 @@ class ReleaseDataModule(MixtureDataModule):
         periods: Held-out set per ``month``/``quarter``/``year`` of the sources (the forgetting
             monitor logs ``val/period/<label>/ppl``); None: none.
         undated: New-data records without a date: ``drop``, ``error`` or ``keep``.
-        block_size, batch_size, eval_batch_size, val_fraction, test_fraction, split_salt,
-            num_proc, cache_dir, clean, filter, dedup, decontaminate, document_mask,
-            eval_stride, progress: As
-            :class:`~fmlab.data.datamodule.PretrainDataModule`, for every part (``filter``:
-            the quality rules; the window is set here).
-        seed, num_workers, pin_memory: As :class:`~fmlab.data.mixture.MixtureDataModule`.
+
+    The other arguments (``block_size``, ``batch_size``, ``eval_batch_size``, ``val_fraction``,
+    ``test_fraction``, ``split_salt``, ``num_proc``, ``cache_dir``, ``clean``, ``filter``,
+    ``dedup``, ``decontaminate``, ``document_mask``, ``eval_stride``, ``progress``) are as in
+    :class:`~fmlab.data.datamodule.PretrainDataModule`, for every part (``filter``: the quality
+    rules; the window is set here); ``seed``, ``num_workers`` and ``pin_memory`` as in
+    :class:`~fmlab.data.mixture.MixtureDataModule`.
     """
 
     def __init__(
