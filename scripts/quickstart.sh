@@ -48,6 +48,14 @@ if ! installed "$extras" && ! { [ -z "$extras" ] && installed dev; }; then
   # multi-GB CUDA build; pinned, pip picks the torchvision that matches this torch.
   torch_pin="torch==$("$VPY" -c "import torch; print(torch.__version__.split('+')[0])")"
   "$VPY" -m pip install -q -e "$target" "$torch_pin"
+  # litdata asks for torchvision, which only image data needs. A torchvision wheel built for
+  # another torch (PyPI's CUDA one beside a local CPU torch) fails at import, and torchmetrics
+  # and lightning import it when present: remove one that does not load rather than break both.
+  if "$VPY" -m pip show -q torchvision >/dev/null 2>&1 \
+    && ! "$VPY" -c "import torchvision" >/dev/null 2>&1; then
+    echo "[fmlab] removing torchvision: it does not load beside $torch_pin (only image data needs it)"
+    "$VPY" -m pip uninstall -q -y torchvision
+  fi
   echo "$hash" > "$(stamp "$extras")"
 fi
 
