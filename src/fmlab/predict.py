@@ -18,12 +18,12 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fmlab.config import CONF_DIR, ConfigError
+from fmlab.cli import hydra_main
+from fmlab.config import ConfigError
 from fmlab.data.multitask_encode import collate_task
 from fmlab.data.sft import encode_prompt
 from fmlab.evaluation.generation import generate_text
@@ -181,7 +181,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     return [{"input": x, **p} for x, p in zip(inputs, preds)]
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="predict", version_base="1.3")
+@hydra_main("predict")
 def main(cfg: DictConfig) -> None:
     """Console entry point: writes ``predictions.jsonl`` into the run directory, prints a table."""
     from rich.console import Console

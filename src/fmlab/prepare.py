@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmlab.config import CONF_DIR, build, validate_config
+from fmlab.cli import hydra_main
+from fmlab.config import build, validate_config
 from fmlab.config.validate import PathsSchema
 from fmlab.data.pipeline import SourceSpec, prepare_dataset
 from fmlab.utils import print_config, print_table, write_json
@@ -108,7 +108,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     return card
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
+@hydra_main("prepare")
 def main(cfg: DictConfig) -> None:
     """Console entry point."""
     prepare(cfg)
