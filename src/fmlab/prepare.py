@@ -40,7 +40,7 @@ class PrepareSchema(BaseModel):
     force: bool = False
     storage_options: dict[str, Any] | None = None
     tokenizer_train_docs: Annotated[int, Field(ge=1)] | None = None
-    print_config: bool = True
+    print_config: bool = False
     engine: Literal["local", "spark"] = "local"
     spark: Any = None
     paths: PathsSchema

@@ -1,8 +1,9 @@
 """Which failures are the user's (a short message, exit 2) and which are bugs (a traceback).
 
 Expected: a :class:`~fmlab.config.ConfigError` (config, data, paths, missing models or optional
-packages), a command line Hydra cannot compose (typo'd key, unknown option, ``method=false``),
-an unusable path (``OSError``), a run directory in use. Bugs: everything else; they keep their
+packages) or a ``ValueError`` of fmlab's own code that names the config key it is about, a
+command line Hydra cannot compose (typo'd key, unknown option, ``method=false``), an unusable
+path (``OSError``), a run directory in use. Bugs: everything else; they keep their
 traceback, so they can be reported. ``verbose=true`` (or ``HYDRA_FULL_ERROR=1``) shows the
 traceback of expected failures too.
 """
@@ -10,6 +11,7 @@ traceback of expected failures too.
 from __future__ import annotations
 
 import errno
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -34,6 +36,28 @@ class Failure:
     code: int
     message: str
     bug: bool = False
+
+
+# The config keys a message can start with (see _names_a_key).
+_KEYS = (
+    "data|model|method|module|optim|scheduler|trainer|callbacks|logger|tokenizer|task|paths|"
+    "export|extend_tokenizer|init_from|ckpt_path|model_path|sets|lm_eval|seed|resume|run_name|"
+    "prompts|prompts_file|head|inputs|sources|source|output_dir|structure|clean|filter|dedup|"
+    "split|decontaminate|segment|write|spark"
+)
+_KEYED = re.compile(rf"^(?:{_KEYS})(?:[.\[][^\s:=]*)?\s*(?:=|:|'|\s)")
+
+
+def _names_a_key(err: BaseException) -> bool:
+    """A ``ValueError`` raised by fmlab's own code whose message starts with the config key (or
+    data source) it is about, e.g. ``data.template must contain ...``: the house convention for
+    a user's mistake, like a :class:`ConfigError`. A ValueError from a library is not."""
+    if type(err) is not ValueError or not _KEYED.match(str(err)):
+        return False
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "/fmlab/" in tb.tb_frame.f_code.co_filename
 
 
 def _os_message(err: OSError, before_job: bool) -> str:
@@ -79,8 +103,11 @@ def classify(
     from fmlab.config.compose import CONF_DIR
     from fmlab.config.hydra_errors import explain_compose_error
 
-    if isinstance(err, ConfigError):
-        return Failure(USAGE, str(err))
+    cause: BaseException | None = err
+    while cause is not None:  # also a ValueError re-raised from one (same message)
+        if isinstance(cause, ConfigError) or _names_a_key(cause):
+            return Failure(USAGE, str(err))
+        cause = cause.__cause__
     # (only if already imported: importing them would load Lightning just to say "no")
     guards = sys.modules.get("fmlab.reliability.guards")
     if guards is not None and isinstance(err, guards.RunDirInUse):

@@ -202,7 +202,10 @@ class SFTDataModule(L.LightningDataModule):
                     f"max_length={self.max_length}); raise data.max_length"
                 )
         if len(self.encoded["train"]) < self.batch_size:
-            raise ValueError(f"data: {len(self.encoded['train'])} training examples < batch_size")
+            raise ValueError(
+                f"data: {len(self.encoded['train'])} training examples < data.batch_size="
+                f"{self.batch_size}; lower data.batch_size or give more training data"
+            )
         return tok
 
     def exact_match_set(self, split: str) -> list[tuple[list[int], str]]:

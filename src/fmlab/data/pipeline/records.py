@@ -17,6 +17,8 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from fmlab.config.validate import ConfigError
+
 __all__ = [
     "KINDS",
     "BadRow",
@@ -32,7 +34,7 @@ Kind = Literal["text", "sft", "classification"]
 KINDS: tuple[str, ...] = ("text", "sft", "classification")
 
 
-class PrepareError(ValueError):
+class PrepareError(ConfigError):
     """Bad input or settings for data preparation; the message names the source, file or key."""
 
 
