@@ -152,7 +152,7 @@ def print_failure(
             "with the traceback above.\n"
         )
         return
-    message = failure.message.rstrip()
+    message = failure.message.rstrip().removeprefix(f"{prog}: ")  # no "fmlab-eval: ... fmlab-eval:"
     out.write(f"{prog}: error: {message}\n")
     if not verbose:
         out.write(f"({prog} verbose=true ... shows the traceback)\n")
