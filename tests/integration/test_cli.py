@@ -207,10 +207,13 @@ def test_multirun_prints_each_line_once_and_records_jobs(cli):
     assert result["code"] == 0, result["stderr"][-3000:]
     lines = [ln for ln in result["stdout"].splitlines() if ln.startswith("overrides:")]
     assert len(lines) == len(set(lines)) == 2, result["stdout"][-3000:]
+    assert "Restoring states" not in result["stdout"] + result["stderr"]
     sweep = next((cli["tmp"] / "logs" / "train" / "multiruns").iterdir())
-    for job in ("0", "1"):
+    for job, seed in (("0", "seed=1"), ("1", "seed=2")):
         assert json.loads((sweep / job / "summary.json").read_text())["status"] == "ok"
-        assert (sweep / job / "train.log").stat().st_size > 0
+        log = (sweep / job / "train.log").read_text()  # its own lines, each once
+        assert log.count("overrides: ") == 1 and log.count(seed) == 1, log
+        assert log.count("run directory ") == 1 and "Restoring states" in log
 
 
 def test_reft_under_lm_eval_is_refused_before_any_compute(cli):

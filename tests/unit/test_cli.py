@@ -214,23 +214,26 @@ def test_progress_line_counts_steps_toward_max_steps():
 
 
 class _AtValidation(L.Callback):
+    without_validation = "the probe never runs"
+
     def on_validation_end(self, trainer, pl_module) -> None:
         pass
 
 
 def test_a_run_that_never_validates_says_so():
+    from fmlab.callbacks import Throughput
     from fmlab.callbacks.progress import schedule_warnings
 
     def trainer(max_steps: int) -> L.Trainer:
         return L.Trainer(
             max_steps=max_steps, val_check_interval=50, check_val_every_n_epoch=None,
-            callbacks=[_AtValidation()], logger=False, enable_progress_bar=False,
+            callbacks=[_AtValidation(), Throughput()], logger=False, enable_progress_bar=False,
             enable_model_summary=False, enable_checkpointing=False, accelerator="cpu",
         )  # fmt: skip
 
     (message,) = schedule_warnings(trainer(20))
     assert "max_steps=20 < trainer.val_check_interval=50" in message
-    assert "_AtValidation never runs" in message
+    assert "the probe never runs" in message and "Throughput" not in message
     assert schedule_warnings(trainer(50)) == []
 
 
@@ -249,23 +252,11 @@ def test_plots_of_a_run_skip_the_post_fit_evaluation(tmp_path):
 
 
 def test_lm_eval_refuses_reft_before_any_compute():
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from fmlab.evaluation.lm_eval import check_lm_eval
     from fmlab.methods import loreft
+    from fmlab.models.build import llama
 
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=32,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    )
+    base = llama(preset="tiny", vocab_size=32, max_position_embeddings=16)
     check_lm_eval({"tasks": ["x"]}, base)  # a plain HF model is fine
     reft = loreft(base, rank=2)
     check_lm_eval(None, reft)  # no lm_eval: nothing to refuse

@@ -19,7 +19,7 @@ import time
 from typing import Annotated
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from pydantic import Field
 
 from fmlab.utils.printing import live
@@ -133,12 +133,17 @@ class StepProgress(ProgressBar):
             self._next_log = now + self.log_every_s
             log.info("%s", text, extra={"fmlab_shown": live.active})
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
+    def _show_eval(self, trainer: L.Trainer, what: str, batch_idx: int) -> None:
         now = time.monotonic()
         if self._enabled and now >= self._next_draw and trainer.is_global_zero:
             self._next_draw = now + self.refresh_s
-            stage = "validating" if trainer.state.fn == "fit" else str(trainer.state.stage)
-            live.show(f"step {trainer.global_step}: {stage} batch {batch_idx + 1}")
+            live.show(f"step {trainer.global_step}: {what} batch {batch_idx + 1}")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
+        self._show_eval(trainer, "validating", batch_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
+        self._show_eval(trainer, "testing", batch_idx)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._enabled or trainer.sanity_checking or not trainer.is_global_zero:
@@ -168,14 +173,10 @@ class StepProgress(ProgressBar):
         live.clear()
 
 
-def _acts_on_validation(cb: L.Callback) -> bool:
-    hooks = ("on_validation_end", "on_validation_epoch_end")
-    return any(getattr(type(cb), h) is not getattr(L.Callback, h) for h in hooks)
-
-
 def schedule_warnings(trainer: L.Trainer) -> list[str]:
-    """What this trainer's schedule will never do: validate during training, or run the
-    callbacks that act at validation (e.g. the forgetting monitor). Logged as warnings."""
+    """What this trainer's schedule will never do: validate during training, keep a best
+    checkpoint, stop early, or run callbacks that only act at validation (those that say what is
+    lost in a ``without_validation`` attribute, e.g. the forgetting monitor). Logged."""
     max_steps, every = trainer.max_steps, trainer.val_check_interval
     limit = trainer.limit_val_batches
     never = None
@@ -191,8 +192,10 @@ def schedule_warnings(trainer: L.Trainer) -> list[str]:
     for cb in trainer.callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.monitor:
             skipped.append(f"no best checkpoint by {cb.monitor} (the last one is used)")
-        elif not isinstance(cb, ProgressBar) and _acts_on_validation(cb):
-            skipped.append(f"{type(cb).__name__} never runs")
+        elif isinstance(cb, EarlyStopping):
+            skipped.append(f"no early stopping on {cb.monitor}")
+        elif what := getattr(cb, "without_validation", None):  # e.g. the forgetting monitor
+            skipped.append(str(what))
     message = f"this run will never validate during training ({never})"
     if skipped:
         message += ": " + "; ".join(dict.fromkeys(skipped))

@@ -87,6 +87,8 @@ def print_config(
 def print_table(title: str, rows: Mapping[str, Any]) -> None:
     """Print ``rows`` as a two-column table (on the console, and as text in the run's log)."""
     table = Table(title=title, show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # long paths wrap rather than being cut at the width
     for key, value in redact(dict(rows)).items():
         table.add_row(str(key), f"{value:.4g}" if isinstance(value, float) else str(value))
     live.clear()
