@@ -86,6 +86,7 @@ def guard(main: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(main)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        saved = {k: os.environ.get(k) for k in ("FMLAB_VERBOSE", "HYDRA_FULL_ERROR")}
         _take_verbose_switch()
         # Hydra prints its own (partial) report and exits 1 unless told to re-raise: we report
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -102,6 +103,12 @@ def guard(main: Callable[..., Any]) -> Callable[..., Any]:
             raise SystemExit(130) from None
         except Exception as err:
             raise SystemExit(_report(err)) from None
+        finally:  # in-process callers (tests, SageMaker's entry point) get their environment back
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     return wrapped
 
