@@ -262,3 +262,26 @@ def test_lm_eval_refuses_reft_before_any_compute():
     check_lm_eval(None, reft)  # no lm_eval: nothing to refuse
     with pytest.raises(ConfigError, match="ReFT models are not supported by lm-evaluation"):
         check_lm_eval({"tasks": ["x"]}, reft)
+
+
+def test_resume_command_continues_in_the_same_run_dir(monkeypatch, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from fmlab.config import CONF_DIR
+    from fmlab.reliability import resume_command
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/fmlab-train"])
+    GlobalHydra.instance().clear()
+    overrides = ["trainer.max_steps=5", "ckpt_path=/other/run", "data.sources=[a b.jsonl]"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        HydraConfig.instance().set_config(compose("train", overrides, return_hydra_config=True))
+        # the run continues from its own checkpoint: not the ckpt_path it started from
+        assert resume_command(tmp_path) == (
+            f"fmlab-train trainer.max_steps=5 'data.sources=[a b.jsonl]' hydra.run.dir={tmp_path}"
+        )
+        named = compose("train", ["run_name=exp", "seed=3"], return_hydra_config=True)
+        HydraConfig.instance().set_config(named)
+        assert resume_command(tmp_path) == "fmlab-train run_name=exp seed=3"  # the same command
+    GlobalHydra.instance().clear()
