@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 # torch/Lightning are imported inside evaluate(): --help and --cfg job stay fast (see train.py)
-from fmlab.config import CONF_DIR, ConfigError, build, validate_config
+from fmlab.cli import hydra_main
+from fmlab.config import ConfigError, build, validate_config
 
 __all__ = ["evaluate", "main"]
 
@@ -49,6 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from fmlab.data.tokenizer import fixed_tokenizer
     from fmlab.data.tokenizer import pretrained as load_tokenizer
     from fmlab.evaluation.baselines import unigram_perplexity
+    from fmlab.evaluation.lm_eval import check_lm_eval
     from fmlab.methods.adapters import load_trained
     from fmlab.models.positions import check_data_lengths, check_lengths, loaded_positions
     from fmlab.reliability.checkpoints import resolve_eval_checkpoint
@@ -72,6 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         model = build_model(train_cfg, tokenizer, datamodule.block_size)
         check_data_lengths(datamodule, loaded_positions(model, str(run)))
+        check_lm_eval(cfg.get("lm_eval"), model)  # before any evaluation runs
         module = build(train_cfg.module, "module", model=model, optimizer=None)
         source = ckpt
     else:
@@ -83,6 +85,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         positions = loaded_positions(model, str(cfg.model_path))
         check_lengths(cfg, positions)  # before the data is read
+        check_lm_eval(cfg.get("lm_eval"), model)
         datamodule, _ = build_data(cfg, tokenizer_factory=fixed_tokenizer(tokenizer))
         check_data_lengths(datamodule, positions)
         module = build(cfg.module, "module", model=model, optimizer=None)
@@ -99,13 +102,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             results["test/unigram_ppl"] = unigram_perplexity(
                 datamodule.blocks["train"], datamodule.blocks["test"], len(tokenizer)
             )
-    if cfg.get("sets") or cfg.get("lm_eval"):  # more sets / harness tasks: fmlab.evaluation.sets
-        from fmlab.evaluation.sets import evaluate_sets, run_lm_eval
-
-        base = train_cfg if cfg.ckpt_path is not None and cfg.data_from_run else cfg
-        results.update(evaluate_sets(cfg, base, tokenizer, module, trainer, ckpt))
-        if cfg.get("lm_eval"):  # on the weights just evaluated (loaded from ckpt if given)
-            results.update(run_lm_eval(cfg.lm_eval, module.model, tokenizer))
     summary = {
         "status": "ok",
         "evaluated": str(source),
@@ -114,16 +110,33 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         **results,
         **parameter_report(model),
         "data": datamodule.stats,
-        "wall_s": time.time() - t0,
         "paths": {"output_dir": str(out)},
     }
+    if cfg.get("sets") or cfg.get("lm_eval"):  # more sets / harness tasks: fmlab.evaluation.sets
+        from fmlab.evaluation.sets import evaluate_sets, run_lm_eval
+
+        # what is computed is on disk before a later step can fail (status: partial until done)
+        if trainer.is_global_zero:
+            write_json(out / "summary.json", {**summary, "status": "partial"})
+        base = train_cfg if cfg.ckpt_path is not None and cfg.data_from_run else cfg
+        try:
+            results = evaluate_sets(cfg, base, tokenizer, module, trainer, ckpt)
+            if cfg.get("lm_eval"):  # on the weights just evaluated (loaded from ckpt if given)
+                results.update(run_lm_eval(cfg.lm_eval, module.model, tokenizer))
+        except Exception as err:
+            if trainer.is_global_zero:
+                failed = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+                write_json(out / "summary.json", {**summary, **failed})
+            raise
+        summary.update(results)
+    summary["wall_s"] = time.time() - t0
     if trainer.is_global_zero:
         write_json(out / "summary.json", summary)
         print_table("evaluation", {k: v for k, v in summary.items() if not isinstance(v, dict)})
     return summary
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
+@hydra_main("eval")
 def main(cfg: DictConfig) -> float | None:
     """Console entry point; returns ``val/loss``."""
     return evaluate(cfg).get("val/loss")

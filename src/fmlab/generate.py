@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import hydra
 from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fmlab.config import CONF_DIR, ConfigError
+from fmlab.cli import hydra_main
+from fmlab.config import ConfigError
 from fmlab.utils import atomic_write_text, write_json
 
 __all__ = ["generate", "main"]
@@ -93,7 +93,7 @@ def generate(cfg: DictConfig, lineage: dict[str, Any] | None = None) -> list[dic
     return [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="generate", version_base="1.3")
+@hydra_main("generate")
 def main(cfg: DictConfig) -> None:
     """Console entry point."""
     from rich.console import Console

@@ -18,12 +18,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # torch and the model code are imported where they are used: --help stays fast (see train.py)
-from fmlab.config import CONF_DIR, ConfigError
+from fmlab.cli import hydra_main
+from fmlab.config import ConfigError
 from fmlab.utils import atomic_write_text, write_json
 
 if TYPE_CHECKING:
@@ -215,7 +215,7 @@ def predict(cfg: DictConfig, lineage: dict[str, Any] | None = None) -> list[dict
     return [{"input": x, **p} for x, p in zip(inputs, preds)]
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="predict", version_base="1.3")
+@hydra_main("predict")
 def main(cfg: DictConfig) -> None:
     """Console entry point: writes ``predictions.jsonl`` into the run directory, prints a table."""
     from rich.console import Console

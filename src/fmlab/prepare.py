@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmlab.config import CONF_DIR, build, validate_config
+from fmlab.cli import hydra_main
+from fmlab.config import build, validate_config
 from fmlab.config.validate import PathsSchema
 from fmlab.data.pipeline.records import SourceSpec  # pydantic + pyarrow only, no torch
 from fmlab.utils import print_config, print_table, write_json
@@ -41,7 +41,7 @@ class PrepareSchema(BaseModel):
     force: bool = False
     storage_options: dict[str, Any] | None = None
     tokenizer_train_docs: Annotated[int, Field(ge=1)] | None = None
-    print_config: bool = True
+    print_config: bool = False
     engine: Literal["local", "spark"] = "local"
     spark: Any = None
     paths: PathsSchema
@@ -114,7 +114,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     return card
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
+@hydra_main("prepare")
 def main(cfg: DictConfig) -> None:
     """Console entry point."""
     prepare(cfg)

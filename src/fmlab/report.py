@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from fmlab.cli import guard
 from fmlab.evaluation.plots import plot_learning_curves, plot_metric_by_config
 from fmlab.evaluation.report import (
     collect_runs,
@@ -203,6 +204,7 @@ def report(
     return result
 
 
+@guard
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (``fmlab-report``)."""
     parser = argparse.ArgumentParser(prog="fmlab-report", description=__doc__.split("\n")[0])

@@ -7,13 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-# Only Hydra and the config location at module level: `fmlab-train --help` and `--cfg job` are
+# Only Hydra (through fmlab.cli) at module level: `fmlab-train --help` and `--cfg job` are
 # answered by @hydra.main before train() runs, without importing torch or Lightning (start-up,
 # tests/unit/test_startup_imports.py). What a run needs is imported inside the functions.
-from fmlab.config import CONF_DIR
+from fmlab.cli import hydra_main
 
 __all__ = ["main", "train"]
 
@@ -54,16 +53,20 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.utilities import rank_zero_only
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from fmlab.callbacks.progress import schedule_warnings
     from fmlab.callbacks.startup import StartupTime
     from fmlab.callbacks.throughput import Throughput
     from fmlab.continual import init_tokenizer_factory, provenance
     from fmlab.distributed import unsharded_model
     from fmlab.evaluation.baselines import unigram_perplexity
     from fmlab.evaluation.periods import period_card
+    from fmlab.evaluation.plots import plot_run
     from fmlab.methods.adapters import save_trained
     from fmlab.models.positions import check_data_lengths, check_lengths, starting_positions
-    from fmlab.reliability import Preempted, PreemptionCheckpoint, resolve_resume
+    from fmlab.reliability import resolve_resume
+    from fmlab.reliability.interrupts import stopped_by_signal
     from fmlab.utils import print_config, print_table, write_json
+    from fmlab.utils.printing import relative_paths
     from fmlab.utils.remote import publish_run, remote_settings
     from fmlab.utils.secrets import protect_run_dir
     from fmlab.workflow import (
@@ -107,24 +110,13 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     rank_zero_only(print_table)("parameters", params)
     module = build_module(cfg, model)
     trainer = build_trainer(cfg)
+    rank_zero_only(schedule_warnings)(trainer)  # e.g. max_steps < val_check_interval
 
     t_fit = time.time()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException as err:  # Lightning exits 0 on SIGTERM; a scheduler must see 143
-        saved = next(
-            (cb.saved for cb in trainer.callbacks if isinstance(cb, PreemptionCheckpoint)), None
-        )
-        if trainer.is_global_zero:
-            write_json(
-                out / "summary.json",
-                {
-                    "status": "preempted",
-                    "global_step": int(trainer.global_step),
-                    "checkpoint": saved,
-                },
-            )
-        raise Preempted(saved) from err
+    except SIGTERMException as err:  # SIGTERM or Ctrl-C: checkpoint saved; exit 143 / 130
+        raise stopped_by_signal(trainer, out) from err  # (Lightning alone would exit 0)
     fit_s = time.time() - t_fit
     tokens_seen = int(module.tokens_seen)  # before validate/test load another checkpoint
     ckpts = checkpoint_paths(trainer)
@@ -212,18 +204,20 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             paths.update({f"export_{k}": v for k, v in exported.items()})
             paths["export_dir"] = str(out / "export")
         paths.update(metric_files(trainer))
+        paths.update(plot_run(paths.get("metrics_csv"), out / "plots"))  # plots/*.png
         summary["paths"] = paths
         summary["wall_s"] = time.time() - t0
         write_json(out / "summary.json", summary)
         publish_run(out, summary, **remote)  # export/, config, summary.json -> paths.remote_dir
         link_latest(out, Path(cfg.paths.log_dir) / cfg.task_name)
         print_table("summary", {k: v for k, v in summary.items() if not isinstance(v, dict)})
+        print_table("files", relative_paths(paths, out))
         if "export_dir" in paths:  # what the next command (a fine-tune, an eval) starts from
             print(f"export: {paths['export_dir']}  (e.g. FMLAB_BASE_MODEL={paths['export_dir']})")
     return summary
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+@hydra_main("train")
 def main(cfg: DictConfig) -> float | None:
     """Console entry point; returns ``cfg.optimized_metric`` (a ``val/`` metric, never a test
     one) for Hydra sweepers. A failing job of a multirun is recorded as failed in its

@@ -144,7 +144,8 @@ def save_resolved_config(cfg: DictConfig, output_dir: Path) -> None:
 
 
 def preflight(cfg: DictConfig) -> None:
-    """Checks a method can run here (e.g. QLoRA's GPU backend), before any data is read."""
+    """Checks a method, logger or callback can run here (QLoRA's GPU backend, an optional
+    package), before any data is read: their builder's ``preflight()`` returns the problem."""
     from hydra.utils import get_object
 
     from fmlab.distributed import check_strategy
@@ -152,10 +153,14 @@ def preflight(cfg: DictConfig) -> None:
 
     check_strategy(cfg)  # e.g. DeepSpeed missing: fail before the data is prepared
     require_for_targets(cfg)  # e.g. logger=tensorboard without fmlab[tensorboard]
-    method = cfg.get("method")
-    check = getattr(get_object(method._target_), "preflight", None) if method else None
-    if check is not None and (problem := check()):
-        raise ConfigError(f"method: {problem}")
+    nodes = {"method": cfg.get("method")}
+    for group in ("logger", "callbacks"):  # e.g. logger=mlflow without mlflow installed
+        nodes.update({f"{group}.{k}": v for k, v in (cfg.get(group) or {}).items()})
+    for where, node in nodes.items():
+        target = node.get("_target_") if node is not None else None
+        check = getattr(get_object(target), "preflight", None) if target else None
+        if check is not None and (problem := check()):
+            raise ConfigError(f"{where}: {problem}")
 
 
 def metric_files(trainer: L.Trainer) -> dict[str, str]:

@@ -78,12 +78,18 @@ def trained(base, tmp_path_factory):
 # Exact-match floor per method on the logic task (true/false answers: chance is 50%). ReFT only
 # edits prompt positions of a frozen 4-layer model: it learns, but slower, and DiReFT (no
 # orthogonality) slowest; the README's table has the measured numbers.
+# The floors sit about 3 standard errors below the measured value, because the runs move: with
+# 100 test examples one exact-match number has a binomial standard error of ~0.03 at 0.9, and the
+# result changes with torch's thread count (a 2-core machine with default threads gave LoRA 0.84
+# where the README measured 0.90). Measured spread of LoRA (this recipe, 400 steps), over the
+# seeds 1234/1/2/3 (which also draw the task's examples) on a base trained with 1 thread: test
+# 0.88/0.92/0.86/0.89, validation 0.88/0.95/0.84/0.90 (mean 0.89, sd 0.035).
 BUDGET = {
-    "full": (400, 0.85),
-    "lora": (400, 0.85),
-    "dora": (400, 0.8),
-    "loreft": (800, 0.8),
-    "direft": (800, 0.58),
+    "full": (400, 0.85),  # README 0.975
+    "lora": (400, 0.8),  # README 0.90; measured 0.84-0.95 (above)
+    "dora": (400, 0.75),  # README 0.855
+    "loreft": (800, 0.8),  # README 0.89
+    "direft": (800, 0.58),  # README 0.71
 }
 
 
@@ -135,7 +141,8 @@ def test_generate_cli_and_python_api(trained, tmp_path):
     )
     rows = generate(cfg)
     hits = [r["completion"].strip() == h["response"].strip() for r, h in zip(rows, held_out)]
-    assert sum(hits) >= 16, rows  # the run's test exact match is > 0.9
+    # LoRA scores 0.84-0.95 (BUDGET): 20 prompts at 0.86 give 17 +- 1.6 hits; chance is 10
+    assert sum(hits) >= 13, rows
     sampled = compose_config(
         "generate",
         [

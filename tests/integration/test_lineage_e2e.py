@@ -270,6 +270,7 @@ def test_preset_without_a_base_says_how_to_get_one(tmp_path):
         timeout=300,
     )
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    assert proc.returncode == 2, out  # a user error: a message, no traceback
+    assert "Traceback" not in out
     assert "model.name_or_path: not set; run `fmlab-train` first" in out
     assert "FMLAB_BASE_MODEL" in out and "Repo id" not in out

@@ -11,6 +11,7 @@ GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not 
 REQUIRED = {
     ("data", "files"): ["data.sources=[x.jsonl]"],
     ("data", "prepared"): ["data.path=some/dir"],
+    ("data", "streaming"): ["data.path=some/dir"],
     ("data", "release"): ["data.sources=[{path: x.jsonl, date_field: date}]"],
     ("experiment", "continual_update"): [
         "init_from=some/dir",

@@ -2,16 +2,21 @@
 
 Every case must end in success or a specific error (ours, or Hydra's override-grammar error)
 that names what was wrong; never an unhandled exception from deep inside a library.
+
+The examples are derived from a fixed seed (``derandomize``, no example database), so a green
+run means the same thing on every machine and every run. To hunt for new failures at random,
+run with ``FMLAB_FUZZ_EXPLORE=1`` (and add what it finds as an explicit ``@example``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import string
 
 import pytest
 from hydra.errors import HydraException
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fmlab.config import ConfigError, compose_config, validate_config
@@ -38,6 +43,10 @@ KEYS = [
     "callbacks.nan_guard.max_skips",
 ]
 GROUPS = ["method", "scheduler", "data", "model", "trainer", "optim"]
+# fixed examples unless exploring on purpose: the same cases on every run (see the docstring)
+FIXED = (
+    {} if os.environ.get("FMLAB_FUZZ_EXPLORE") == "1" else {"derandomize": True, "database": None}
+)
 
 values = st.one_of(
     st.integers(min_value=-(10**12), max_value=10**12).map(str),
@@ -63,9 +72,15 @@ overrides = st.lists(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    **FIXED,
 )
 @given(overrides)
+@example(["method=false"])  # found at random once: Hydra's bare ValueError
+@example(["trainer.max_stpes=5"])
+@example(["optim.betas.x=1"])
 def test_config_overrides_end_in_success_or_a_named_error(tmp_path, ovr):
     try:
         cfg = compose_config("train", ovr, output_dir=tmp_path)
@@ -98,7 +113,10 @@ lines = st.one_of(
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    **FIXED,
 )
 @given(st.lists(lines, min_size=1, max_size=6))
 def test_sft_records_end_in_success_or_a_named_error(tmp_path_factory, rows):

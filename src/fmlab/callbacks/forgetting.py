@@ -99,6 +99,9 @@ class ForgettingMonitor(L.Callback):
         dirpath: Where ``report.json``/``report.png`` go (None: no files).
     """
 
+    # what a run that never validates loses (warned at start: fmlab.callbacks.progress)
+    without_validation = "the forgetting monitor never runs (no forget/* metrics, no report)"
+
     def __init__(
         self,
         sets: dict[str, PretrainDataModule] | None = None,

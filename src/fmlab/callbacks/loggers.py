@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -15,7 +16,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from fmlab.utils.secrets import redact_text
 
-__all__ = ["ResumableCSVLogger", "wandb"]
+__all__ = ["ResumableCSVLogger", "mlflow", "wandb"]
 
 
 def _has_wandb_key() -> bool:
@@ -75,6 +76,85 @@ def wandb(
         mode=mode,
         offline=mode == "offline",
     )
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): str(node)[:250]}  # (MLflow 2.x limits values to 500 chars)
+
+
+def mlflow(
+    *,
+    save_dir: str,
+    local_store: str,
+    tracking_uri: str | None = None,
+    experiment_name: str = "fmlab",
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    config_file: str | None = None,
+) -> Any:
+    """An MLflow logger (Lightning's ``MLFlowLogger``) that resumes with its run directory.
+
+    Args:
+        save_dir: The run directory; ``mlflow_run.json`` there remembers the MLflow run, so a
+            resumed fmlab run keeps logging into the same MLflow run.
+        local_store: SQLite file used when no ``tracking_uri`` is given (one store for all runs:
+            ``mlflow ui --backend-store-uri sqlite:///<file>`` compares them); artifacts go to
+            ``mlartifacts/`` beside it.
+        tracking_uri: Any MLflow tracking URI: ``http(s)://host:port``, ``databricks``, a
+            SageMaker managed MLflow ARN (with the ``sagemaker-mlflow`` plugin), ``sqlite:///...``.
+        experiment_name: MLflow experiment (default in the config: the task name).
+        run_name: MLflow run name (None: the run directory's name).
+        tags: Tags of the MLflow run.
+        config_file: The resolved ``config.yaml``; its keys become the run's parameters
+            (``optim.lr``, ``trainer.max_steps``, ...), so runs compare in the MLflow UI.
+    """
+    from fmlab.utils.optional import require
+
+    require("mlflow", "mlflow", "logger=mlflow")
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri, artifacts = tracking_uri, None
+    if not uri:
+        store = Path(local_store).expanduser().resolve()
+        store.parent.mkdir(parents=True, exist_ok=True)
+        uri, artifacts = f"sqlite:///{store}", (store.parent / "mlartifacts").as_uri()
+    state = Path(save_dir) / "mlflow_run.json"
+    previous = json.loads(state.read_text()) if state.is_file() else {}
+    run_id = previous.get("run_id") if previous.get("tracking_uri") == redact_text(uri) else None
+    logger = MLFlowLogger(
+        experiment_name=experiment_name,
+        run_name=run_name or Path(save_dir).name,
+        tracking_uri=uri,
+        tags=tags,
+        run_id=run_id,
+        artifact_location=artifacts,
+    )
+    if run_id is None and logger.run_id is not None:  # rank 0, a new MLflow run
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps({"tracking_uri": redact_text(uri), "run_id": logger.run_id}))
+        if config_file and Path(config_file).is_file():
+            import yaml
+
+            logger.log_hyperparams(_flat(yaml.safe_load(Path(config_file).read_text()) or {}))
+    return logger
+
+
+def _mlflow_preflight() -> str | None:
+    from fmlab.utils.optional import missing
+
+    if missing("mlflow"):
+        return "needs the optional package 'mlflow', which is not installed: " + (
+            "pip install 'fmlab[mlflow]'"
+        )
+    return None
+
+
+mlflow.preflight = _mlflow_preflight  # checked before any data is read (fmlab.workflow)
 
 
 class _ResumingWriter(ExperimentWriter):

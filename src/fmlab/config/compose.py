@@ -84,6 +84,11 @@ def _torchrun_id(pattern: str) -> str | None:
 
 OmegaConf.register_new_resolver("fmlab_run_id", _run_id, use_cache=True, replace=True)
 reuse_repository_in_help()  # `fmlab-* --help`: one config repository copy, not ~140
+# ``run_name=...`` names the run (or sweep) directory instead of the time stamp: the same command
+# then finds the same directory again, and resume=auto continues the run (conf/hydra/default.yaml)
+OmegaConf.register_new_resolver(
+    "fmlab_named", lambda stamp, name=None: str(name) if name else stamp, replace=True
+)
 
 
 def compose_config(
@@ -102,6 +107,9 @@ def compose_config(
 
     Returns:
         The composed config, with ``paths.output_dir`` set when ``output_dir`` is given.
+
+    Raises:
+        ComposeError: (a ConfigError) the overrides do not compose, with a did-you-mean.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -109,7 +117,15 @@ def compose_config(
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
+        try:
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+        except Exception as err:  # a typo'd key, an unknown option, method=false, ...
+            from fmlab.config.hydra_errors import explain_compose_error
+
+            explained = explain_compose_error(err, list(overrides), CONF_DIR)
+            if explained is None:
+                raise
+            raise explained from err
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(Path(output_dir).resolve())

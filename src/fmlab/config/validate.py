@@ -86,7 +86,9 @@ class RootSchema(_Strict):
     run_test: bool = True
     data_from_run: bool = True
     export: ExportSchema | None = None
-    print_config: bool = True
+    print_config: bool = False
+    # names the run directory logs/<task>/runs/<run_name>: the same command resumes the run
+    run_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")] | None = None
     # what fmlab-train returns to Hydra sweepers (Optuna): a validation metric, never a test one
     optimized_metric: Annotated[str, Field(pattern=r"^val/")] = "val/loss"
     # fmlab-eval: more evaluation sets (name -> data overrides), lm-evaluation-harness tasks
@@ -329,14 +331,21 @@ def validate_config(
     top = {str(k): _plain(cfg._get_node(str(k))) for k in cfg if str(k) != "hydra"}
     missing = {k for k in top if OmegaConf.is_missing(cfg, k)}
     errors += [f"{k}: a value is required (it is '???')" for k in sorted(missing)]
+    schema = root or RootSchema
     try:
-        (root or RootSchema).model_validate({k: v for k, v in top.items() if k not in missing})
+        schema.model_validate({k: v for k, v in top.items() if k not in missing})
     except ValidationError as err:
         for e in err.errors():
             loc = ".".join(str(x) for x in e["loc"])
             if e["loc"] and e["loc"][0] in missing:
                 continue
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key"
+                if len(e["loc"]) == 1 and (
+                    close := difflib.get_close_matches(loc, list(schema.model_fields), n=1)
+                ):
+                    msg += f"; did you mean '{close[0]}'?"
             errors.append(f"{loc}: {msg} (got {e.get('input')!r})")
     for group in groups:
         node = cfg.get(group)

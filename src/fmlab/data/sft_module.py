@@ -242,7 +242,10 @@ class SFTDataModule(L.LightningDataModule):
                     "raise data.max_length"
                 )
         if len(self.encoded["train"]) < self.batch_size:
-            raise ValueError(f"data: {len(self.encoded['train'])} training examples < batch_size")
+            raise ValueError(
+                f"data: {len(self.encoded['train'])} training examples < data.batch_size="
+                f"{self.batch_size}; lower data.batch_size or give more training data"
+            )
         return tok
 
     def _check_fed(self, split: str, recs: list[dict[str, Any]]) -> None:

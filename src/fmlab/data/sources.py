@@ -21,6 +21,7 @@ from pathlib import Path
 
 import datasets
 
+from fmlab.config.validate import ConfigError
 from fmlab.data.embedded import embedded_corpus_path
 from fmlab.utils.remote import is_remote
 
@@ -35,8 +36,9 @@ _BUILDERS = {
 }
 
 
-class DataSourceError(ValueError):
-    """A source that cannot be read, with the source named in the message."""
+class DataSourceError(ConfigError):
+    """A source that cannot be read, with the source named in the message (a user error: the
+    console scripts print it without a traceback)."""
 
 
 def _files_of(source: str) -> list[str]:

@@ -117,7 +117,9 @@ def pretrained(
         refuse_remote_code(name_or_path, trust_remote_code, "tokenizer")
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as err:
-        raise ValueError(f"tokenizer.name_or_path='{name_or_path}': cannot load: {err}") from err
+        from fmlab.config import ConfigError  # a user's path or name: no traceback
+
+        raise ConfigError(f"tokenizer.name_or_path='{name_or_path}': cannot load: {err}") from err
     if tok.eos_token is None:
         raise ValueError(f"tokenizer '{name_or_path}' has no EOS token; fmlab packs with EOS")
     if tok.pad_token is None:

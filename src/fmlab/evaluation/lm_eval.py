@@ -14,7 +14,38 @@ from typing import Any
 
 import torch
 
-__all__ = ["lm_eval_tasks"]
+__all__ = ["check_lm_eval", "lm_eval_tasks"]
+
+
+def check_lm_eval(node: Any, model: torch.nn.Module) -> None:
+    """Refuse, before any evaluation runs, what ``lm_eval=...`` cannot score.
+
+    ReFT: lm-evaluation-harness scores a context and its continuation in one forward pass,
+    and its HF wrapper cannot tell the interventions which positions are the prompt: they
+    would edit the continuation too (or, without a prompt mask, every token), so the numbers
+    would not be the model's. Evaluate ReFT with ``sets=...`` / ``data=sft`` (exact match on
+    generations, loss on responses) instead.
+
+    Args:
+        node: The ``lm_eval`` config node (None: nothing to check).
+        model: The loaded model.
+
+    Raises:
+        ConfigError: For a ReFT model, or when lm-eval is not installed.
+    """
+    if not node:
+        return
+    from fmlab.config import ConfigError
+    from fmlab.utils.optional import require
+
+    if getattr(model, "accepts_prompt_mask", False) or type(model).__name__ == "ReftModel":
+        raise ConfigError(
+            "lm_eval=...: ReFT models are not supported by lm-evaluation-harness (its HF wrapper "
+            "cannot restrict the interventions to the prompt positions, so its numbers would "
+            "not be this model's). Evaluate ReFT with fmlab-eval's own sets instead, e.g. "
+            "data=sft data.task=<task> or sets={name: {...}}, and drop lm_eval=..."
+        )
+    require("lm_eval", "eval", "fmlab-eval lm_eval=...")
 
 
 def lm_eval_tasks(

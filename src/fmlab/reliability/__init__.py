@@ -16,10 +16,12 @@ from fmlab.reliability.guards import (
     RunDirInUse,
     run_dir_lock,
 )
+from fmlab.reliability.interrupts import Interrupted, resume_command
 
 __all__ = [
     "CheckpointError",
     "CheckpointInfo",
+    "Interrupted",
     "NonFiniteError",
     "NonFiniteGuard",
     "Preempted",
@@ -29,5 +31,6 @@ __all__ = [
     "normalize_epoch_end",
     "remove_stale_temporaries",
     "resolve_resume",
+    "resume_command",
     "run_dir_lock",
 ]

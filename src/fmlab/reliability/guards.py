@@ -55,7 +55,8 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM (preemption, ``scancel``, a SLURM time limit), write ``last.ckpt`` and stop.
+    """On SIGTERM (preemption, ``scancel``, a SLURM time limit) or Ctrl-C (SIGINT), write
+    ``last.ckpt`` and stop (Ctrl-C: :mod:`fmlab.reliability.interrupts`).
 
     Lightning's handler only sets ``trainer.received_sigterm`` and raises ``SIGTERMException`` at
     the end of the step in flight (then exits 0). This callback saves ``last.ckpt`` at the end of
@@ -66,8 +67,18 @@ class PreemptionCheckpoint(L.Callback):
     """
 
     def __init__(self) -> None:
+        from fmlab.reliability.interrupts import SigintHandler
+
         self.saved: str | None = None
         self._saved_step = -1
+        self.sigint = SigintHandler()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sigint.install(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.sigint.restore()
 
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.global_step == 0 or self._saved_step == trainer.global_step:
@@ -75,12 +86,11 @@ class PreemptionCheckpoint(L.Callback):
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
         self.saved, self._saved_step = str(path), trainer.global_step
-        log.warning(
-            "SIGTERM: saved %s at step %d; restart with resume=auto (same hydra.run.dir) or "
-            "ckpt_path=%s to continue",
+        log.info(
+            "%s: saved %s at step %d",
+            "Ctrl-C" if self.sigint.received else "SIGTERM",
             path,
             trainer.global_step,
-            path,
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

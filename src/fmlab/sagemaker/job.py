@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fmlab.cli import guard, last_failure
 from fmlab.config import ConfigError
 from fmlab.sagemaker.env import SageMakerEnv, _read_json
 from fmlab.sagemaker.plan import Plan, make_plan, validate_plan
@@ -80,10 +81,12 @@ def collect(env: SageMakerEnv, plan: Plan, code: int) -> None:
         )
     else:
         reason = summary.get("error") if summary.get("status") == "failed" else None
-        what = f"{summary.get('error_type')}: {reason}" if reason else "see the job's logs"
+        what = f"{summary.get('error_type')}: {reason}" if reason else None
+        what = what or last_failure() or "see the job's logs"
         _write_failure(env, f"fmlab-train failed (exit {code}): {what}")
 
 
+@guard
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point ``fmlab-sagemaker`` (also ``python -m fmlab.sagemaker``)."""
     argv = list(sys.argv[1:] if argv is None else argv)

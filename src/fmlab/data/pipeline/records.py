@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, field_validator
 if TYPE_CHECKING:
     import pyarrow as pa
 
+from fmlab.config.validate import ConfigError
+
 __all__ = [
     "KINDS",
     "BadRow",
@@ -34,7 +36,7 @@ Kind = Literal["text", "sft", "classification"]
 KINDS: tuple[str, ...] = ("text", "sft", "classification")
 
 
-class PrepareError(ValueError):
+class PrepareError(ConfigError):
     """Bad input or settings for data preparation; the message names the source, file or key."""
 
 
