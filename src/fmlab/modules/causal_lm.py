@@ -67,6 +67,8 @@ class CausalLMModule(L.LightningModule):
         self.compile = compile
         self.tokens_seen = 0
         self._pending_rng: dict | None = None
+        self._params: list[nn.Parameter] | None = None  # self.parameters(), listed once per fit
+        self._step_norm: torch.Tensor | None = None  # this optimizer step's gradient norm
         self.metrics = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
 
     # ------------------------------------------------------------------ forward / loss
@@ -179,17 +181,41 @@ class CausalLMModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def on_fit_start(self) -> None:
+        self._params, self._step_norm = None, None  # a module may be fitted again, changed
+
+    def _with_grads(self) -> list[nn.Parameter]:
+        if self._params is None:  # walking the module tree costs ~0.1 ms (LoRA: ~0.5) per step
+            self._params = list(self.parameters())
+        return [p for p in self._params if p.grad is not None]
+
+    def grad_norm(self) -> torch.Tensor:
+        """Global 2-norm of this optimizer step's gradients (``clip_grad_norm_``'s, bit for bit).
+
+        Computed once per step and shared: the NaN guard (a callback, so it runs first) checks it,
+        then :meth:`on_before_optimizer_step` clips with it. Callbacks that change gradients do so
+        before (``on_after_backward``, as fmlab's do), not in ``on_before_optimizer_step`` after
+        the guard.
+        """
+        if self._step_norm is None:
+            grads = [p.grad for p in self._with_grads()]
+            self._step_norm = torch.nn.utils.get_total_norm(grads)
+        return self._step_norm
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.grad_clip <= 0:
-            return
-        wrapped = self.trainer.strategy.model
-        if hasattr(wrapped, "clip_grad_norm_"):  # FSDP shards: the wrapper computes the global norm
-            norm = wrapped.clip_grad_norm_(self.grad_clip)
-        else:
-            params = [p for p in self.parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        if logs_this_step(self._trainer):
-            self.log("train/grad_norm", norm, on_step=True)
+        try:
+            if self.grad_clip <= 0:
+                return
+            wrapped = self.trainer.strategy.model
+            if hasattr(wrapped, "clip_grad_norm_"):  # FSDP shards: the wrapper computes the norm
+                norm = wrapped.clip_grad_norm_(self.grad_clip)
+            else:  # = clip_grad_norm_, with the norm the NaN guard may have computed already
+                norm = self.grad_norm()
+                torch.nn.utils.clip_grads_with_norm_(self._with_grads(), self.grad_clip, norm)
+            if logs_this_step(self._trainer):
+                self.log("train/grad_norm", norm, on_step=True)
+        finally:
+            self._step_norm = None  # the next step has new gradients
 
     # ------------------------------------------------------------------ exact resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

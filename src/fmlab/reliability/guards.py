@@ -103,8 +103,9 @@ class NonFiniteGuard(L.Callback):
             stay good); ``skip`` drops the update of that step and goes on, up to ``max_skips``
             steps in the whole run, then stops.
         max_skips: How many bad steps ``skip`` tolerates.
-        check_grads: Also check the gradients (one fused norm per step); a finite loss with
-            overflowing gradients is caught too.
+        check_grads: Also check the gradients; a finite loss with overflowing gradients is
+            caught too. With fmlab's modules this reads the global gradient norm the module
+            computes once per step for clipping (no second pass over the gradients).
     """
 
     def __init__(
@@ -134,11 +135,8 @@ class NonFiniteGuard(L.Callback):
                 self._stop(trainer)  # several ranks: decided together, before the update
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if self._bad is None and self.check_grads and grads:
-            norms = torch._foreach_norm(grads)
-            if not bool(torch.isfinite(torch.stack(norms)).all()):
-                self._bad = "a gradient is NaN/Inf (the loss was finite)"
+        if self._bad is None and self.check_grads and not _finite_grads(pl_module, optimizer):
+            self._bad = "a gradient is NaN/Inf (the loss was finite)"
         # Several ranks take one decision: each sees only its own rows' loss and, under FSDP, its
         # own shard of the gradients. A rank stopping alone leaves the others waiting in the
         # next collective forever; a rank skipping alone lets the replicas diverge.
@@ -175,6 +173,22 @@ class NonFiniteGuard(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped = int(state_dict.get("skipped", 0))
+
+
+def _finite_grads(pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient is finite: from the global norm the module also clips with
+    (``CausalLMModule.grad_norm``, computed once per step), else from per-tensor norms.
+
+    A NaN or Inf element makes the global norm NaN/Inf; so does a sum of squares beyond float
+    range (a norm above ~1e19), which clipping would turn into a zero update anyway.
+    """
+    shared = getattr(pl_module, "grad_norm", None)
+    if callable(shared):
+        return bool(torch.isfinite(shared()))
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
 
 
 class RunDirInUse(RuntimeError):
