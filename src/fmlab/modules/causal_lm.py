@@ -81,6 +81,14 @@ class CausalLMModule(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int):
+        # fmlab's batches are flat dicts of tensors: one .to() each, as Lightning's default does
+        # (non-blocking except to CPU/MPS), without its generic walk (~100 Python calls a batch)
+        if type(batch) is dict and all(isinstance(v, torch.Tensor) for v in batch.values()):
+            non_blocking = device.type not in ("cpu", "mps")
+            return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     # ------------------------------------------------------------------ forward / loss
     def _forward_fn(self) -> Callable[..., Any]:
         if not self.compile:
