@@ -26,6 +26,17 @@ class _InfGradAt(L.Callback):
             p.grad.view(-1)[0] = float("inf")
 
 
+class _NoTargetsAt(L.Callback):
+    """Masks every label of the batch at optimizer step ``step``: the loss is NaN (0/0)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            batch["labels"] = torch.full_like(batch["input_ids"], -100)
+
+
 class _ExpectedClip(L.Callback):
     """Clips a copy of the gradients with ``clip_grad_norm_`` (after the guard, before the
     module clips) and compares with the gradients the optimizer stepped with."""
@@ -95,3 +106,9 @@ def test_clip_with_the_shared_norm_is_clip_grad_norm_bit_for_bit(monkeypatch):
 def test_guard_catches_an_inf_gradient_with_or_without_the_shared_norm(grad_clip, cls):
     with pytest.raises(NonFiniteError, match=r"step 1 .*a gradient is NaN/Inf"):
         _fit(NonFiniteGuard(), _InfGradAt(step=1), grad_clip=grad_clip, cls=cls)
+
+
+def test_guard_checks_the_loss_with_the_gradients_before_the_update():
+    # the loss is read on the host together with the gradient norm, after backward
+    with pytest.raises(NonFiniteError, match=r"step 2 .*train/loss is nan \(the batch has no"):
+        _fit(NonFiniteGuard(), _NoTargetsAt(step=2), steps=4)
