@@ -134,10 +134,11 @@ class NonFiniteGuard(L.Callback):
 
     def _find_bad(self, pl_module: L.LightningModule, optimizer: Any) -> str | None:
         losses, self._losses = self._losses, []
-        checks = [torch.isfinite(loss).all() for loss in losses]  # () bool each
+        values = [loss.float() for loss in losses]  # () each
         if self.check_grads:
-            checks.append(_grads_finite(pl_module, optimizer).to(pl_module.device))
-        finite = torch.stack(checks).tolist() if checks else []  # the host sync
+            norm = _grad_norm(pl_module, optimizer).float()
+            values.append(norm.to(values[0].device) if values else norm)
+        finite = torch.isfinite(torch.stack(values)).tolist() if values else []  # the host sync
         for loss, ok in zip(losses, finite, strict=False):
             if not ok:
                 bad = f"train/loss is {float(loss)}"
@@ -189,21 +190,18 @@ class NonFiniteGuard(L.Callback):
         self.skipped = int(state_dict.get("skipped", 0))
 
 
-def _grads_finite(pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-    """Whether every gradient is finite, as a () bool tensor: from the global norm the module
-    also clips with (``CausalLMModule.grad_norm``, computed once per step), else from
-    per-tensor norms.
+def _grad_norm(pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """The global gradient norm: the one the module also clips with (``CausalLMModule.grad_norm``,
+    computed once per step), else computed here.
 
-    A NaN or Inf element makes the global norm NaN/Inf; so does a sum of squares beyond float
-    range (a norm above ~1e19), which clipping would turn into a zero update anyway.
+    It is finite exactly when every gradient is, except when the sum of squares leaves float
+    range (a norm above ~1e19): then clipping would turn the update into zero anyway.
     """
     shared = getattr(pl_module, "grad_norm", None)
     if callable(shared):
-        return torch.isfinite(shared())
+        return shared()
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    if not grads:
-        return torch.tensor(True)
-    return torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+    return torch.nn.utils.get_total_norm(grads)  # tensor(0.) without gradients
 
 
 class RunDirInUse(RuntimeError):
