@@ -90,6 +90,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         check_data_lengths(datamodule, positions)
         module = build(cfg.module, "module", model=model, optimizer=None)
         source = cfg.model_path
+    from fmlab.cli.console import adopt_lightning_logging
+
+    adopt_lightning_logging()  # Lightning's records into the job's console and eval.log
     trainer = build(cfg.trainer, "trainer", logger=False)
     results: dict[str, Any] = dict(
         trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]

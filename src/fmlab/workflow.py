@@ -20,6 +20,7 @@ from fmlab.callbacks.checkpoint_io import AtomicCheckpointIO
 from fmlab.config import ConfigError, build
 from fmlab.data.datamodule import PretrainDataModule
 from fmlab.models import count_parameters
+from fmlab.utils.profiler import NoProfiler
 
 __all__ = [
     "build_data",
@@ -78,6 +79,9 @@ def build_module(cfg: DictConfig, model: Any) -> L.LightningModule:
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Callbacks, loggers and the Trainer."""
+    from fmlab.cli.console import adopt_lightning_logging
+
+    adopt_lightning_logging()  # Lightning's records into the job's console and train.log
     callbacks = [
         build(node, f"callbacks.{name}")
         for name, node in (cfg.get("callbacks") or {}).items()
@@ -98,8 +102,15 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         from fmlab.utils.remote import remote_settings
 
         plugins.append(AtomicCheckpointIO(**remote_settings(cfg)))
+    # no profiler configured: one that costs nothing per hook call (fmlab.utils.profiler)
+    quiet = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}
     trainer = build(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=plugins,
+        **quiet,
     )
     if isinstance(trainer.accelerator, CPUAccelerator):
         from fmlab.utils.malloc import keep_freed_memory

@@ -55,7 +55,7 @@ def _cases(tmp: Path, jsonl: Path) -> tuple[list[dict], dict[str, tuple[int, str
         "group_bool": (["method=false"], "'method' is a config group"),
         "group_typo": (["method=lorra"], "did you mean method=lora?"),
         "run_dir": (["hydra.run.dir=/proc/forbidden/run"], "cannot create the run directory"),
-        "init_from": (["init_from=/nonexistent/model"], "init_from=/nonexistent/model"),
+        "init_from": (["init_from=/nonexistent/model"], "no model at /nonexistent/model"),
         "empty_corpus": (
             ["data=files", f"data.sources=[{{path: '{files['empty']}', text_field: body}}]"],
             "no rows",
@@ -93,6 +93,7 @@ def _cases(tmp: Path, jsonl: Path) -> tuple[list[dict], dict[str, tuple[int, str
                 "data.batch_size=4",
                 "data.n_val=8",
                 "data.n_test=8",
+                "data.task=arithmetic",  # short prompts: the tiny model has 64 positions
                 "run_name=reft",
             ],
         ),

@@ -13,7 +13,7 @@ import torch
 from fmlab.bench.harness import run_suite
 from fmlab.bench.setup import METHODS, Case
 from fmlab.bench.suites import SUITES, shrink
-from fmlab.utils import atomic_write_text
+from fmlab.utils import atomic_write_text, write_json
 
 __all__ = ["main", "markdown_table", "parse_args"]
 
@@ -42,6 +42,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="dry run: every case at preset tiny, T=64")
     p.add_argument("--json", default="benchmarks/results.json", help="output JSON path")
     p.add_argument("--markdown", default=None, help="also write a markdown table here")
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="then profile each case's measured window (fmlab.bench.profiling) into DIR",
+    )
     p.add_argument("overrides", nargs="*", help="extra fmlab config overrides (key=value)")
     return p.parse_args(argv)
 
@@ -71,13 +77,15 @@ def grid(args: argparse.Namespace, device: str) -> list[Case]:
 def markdown_table(report: dict[str, Any]) -> str:
     """The results as a GitHub markdown table (what ``benchmarks/README.md`` quotes)."""
     dev = report["device"]
+    load = dev.get("load_avg_start"), dev.get("load_avg_end")
     lines = [
         f"Device: {dev.get('gpu') or dev.get('cpu')} ({dev['device']}, torch {dev['torch']}, "
-        f"{dev['threads']} threads)",
+        f"{dev['threads']} threads)"
+        + (f", load average {load[0][0]:.1f} → {load[1][0]:.1f}" if all(load) else ""),
         "",
         "| case | B×T | raw tok/s | fmlab tok/s | fmlab/raw | step ms raw / fmlab "
-        "| data wait % | peak MiB raw / fmlab | MFU raw / fmlab |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU ms raw / fmlab | data wait % | peak MiB raw / fmlab | MFU raw / fmlab |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["results"]:
         c, raw, fm = row["case"], row["raw"], row["fmlab"]
@@ -85,6 +93,7 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"| {c['name']} | {c['batch_size']}×{c['seq_len']} | {raw['tokens_per_s']:,.0f} "
             f"| {fm['tokens_per_s']:,.0f} | {row['ratio']:.3f} "
             f"| {raw['step_ms']:.1f} / {fm['step_ms']:.1f} "
+            f"| {raw['cpu_step_ms']:.1f} / {fm['cpu_step_ms']:.1f} "
             f"| {raw['data_wait_pct']:.2f} / {fm['data_wait_pct']:.2f} "
             f"| {raw['peak_mem_mb']:,.0f} / {fm['peak_mem_mb']:,.0f} "
             f"| {100 * raw['mfu']:.1f}% / {100 * fm['mfu']:.1f}% |"
@@ -108,4 +117,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.markdown, markdown_table(report))
+    if args.profile:
+        from fmlab.bench.profiling import profile_case
+
+        profiles = [profile_case(case, args.profile) for case in cases]
+        write_json(Path(args.profile) / "profile.json", profiles)
+        report["profiles"] = profiles
     return report

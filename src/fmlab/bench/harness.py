@@ -55,6 +55,9 @@ def summarize(
             "peak_mem_kind": mine[0].peak_mem_kind,
             "mfu": tps * flops_per_token / peak_flops,
             "reps_tokens_per_s": [r.tokens_per_s for r in mine],
+            "cpu_step_ms": 1e3 * statistics.median(r.cpu_step_s for r in mine),
+            "faults_per_step": statistics.median(r.faults_per_step for r in mine),
+            "reps_cpu_step_ms": [1e3 * r.cpu_step_s for r in mine],
         }
     row["ratio"] = row["fmlab"]["tokens_per_s"] / row["raw"]["tokens_per_s"]
     # contention from other processes only ever slows a run down: the best repetitions are the
@@ -62,6 +65,8 @@ def summarize(
     best = {p: max(row[p]["reps_tokens_per_s"]) for p in ("raw", "fmlab")}
     row["ratio_best"] = best["fmlab"] / best["raw"]
     row["overhead_ms_per_step"] = row["fmlab"]["step_ms"] - row["raw"]["step_ms"]
+    # the same from the main thread's CPU time: what load on a shared machine hardly moves
+    row["overhead_cpu_ms_per_step"] = row["fmlab"]["cpu_step_ms"] - row["raw"]["cpu_step_ms"]
     return row
 
 
@@ -107,6 +112,7 @@ def print_results(rows: Sequence[dict[str, Any]], title: str = "fmlab vs raw loo
         "fmlab tok/s",
         "fmlab/raw",
         "step ms raw/fm",
+        "CPU ms raw/fm",
         "data wait %",
         "peak MiB raw/fm",
         "MFU raw/fm",
@@ -121,20 +127,31 @@ def print_results(rows: Sequence[dict[str, Any]], title: str = "fmlab vs raw loo
             f"{fm['tokens_per_s']:,.0f}",
             f"{row['ratio']:.3f}",
             f"{raw['step_ms']:.1f} / {fm['step_ms']:.1f}",
+            f"{raw['cpu_step_ms']:.1f} / {fm['cpu_step_ms']:.1f}",
             f"{raw['data_wait_pct']:.1f} / {fm['data_wait_pct']:.1f}",
             f"{raw['peak_mem_mb']:.0f} / {fm['peak_mem_mb']:.0f}",
             f"{100 * raw['mfu']:.1f}% / {100 * fm['mfu']:.1f}%",
         )
     console = Console()
-    console.width = max(console.width, 150)  # one line per case, also in a narrow log
+    console.width = max(console.width, 170)  # one line per case, also in a narrow log
     console.print(table)
+    for row in rows:
+        console.print(
+            f"{row['case']['name']}: overhead per step {row['overhead_ms_per_step']:.2f} ms wall, "
+            f"{row['overhead_cpu_ms_per_step']:.2f} ms main-thread CPU (medians)"
+        )
 
 
 def device_info(device: str) -> dict[str, Any]:
     """What the numbers were measured on."""
     import platform
 
-    info = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    info = {
+        "device": device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_avg_start": list(os.getloadavg()),  # 1, 5, 15 minutes: other processes' load
+    }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     else:
@@ -160,6 +177,7 @@ def run_suite(
     report: dict[str, Any] = {"device": device_info(cases[0].device), "results": []}
     for case in cases:
         report["results"].append(bench_case(case, reps=reps, log=log))
+        report["device"]["load_avg_end"] = list(os.getloadavg())
         if json_path:
             write_json(json_path, report)
     print_results(report["results"])

@@ -33,6 +33,8 @@ class RunResult:
     data_wait_share: float
     peak_mem_mb: float
     peak_mem_kind: str
+    cpu_step_s: float = 0.0  # main-thread CPU time per measured step
+    faults_per_step: float = 0.0  # minor page faults per measured step
 
     @classmethod
     def from_clock(cls, path: str, case: Case, clock: StepClock, mem: PeakMemory) -> RunResult:
@@ -48,6 +50,8 @@ class RunResult:
             data_wait_share=clock.wait / clock.window_s,
             peak_mem_mb=mem.peak_mb(),
             peak_mem_kind=mem.kind,
+            cpu_step_s=clock.cpu_s / clock.steps,
+            faults_per_step=clock.faults / clock.steps,
         )
 
 
@@ -64,7 +68,14 @@ class _RawState:
         return opt, build(self.cfg.scheduler, "scheduler")(opt, total_steps=total_steps)
 
 
-def run_raw(state: _RawState | None, model: Any, cfg: DictConfig, case: Case, dataset: Any):
+def run_raw(
+    state: _RawState | None,
+    model: Any,
+    cfg: DictConfig,
+    case: Case,
+    dataset: Any,
+    clock: StepClock | None = None,
+):
     """One repetition of the plain loop; returns (result, state to reuse next repetition)."""
     state = state or _RawState(model, cfg, case)
     device = torch.device(case.device)
@@ -85,7 +96,7 @@ def run_raw(state: _RawState | None, model: Any, cfg: DictConfig, case: Case, da
         if case.precision == "bf16-mixed"
         else contextlib.nullcontext()
     )
-    clock, mem = StepClock(case.warmup, case.steps, device), PeakMemory(device)
+    clock, mem = clock or StepClock(case.warmup, case.steps, device), PeakMemory(device)
     mem.start()
     while not clock.finished:
         for batch in timed(loader, clock):
@@ -124,12 +135,17 @@ class _ClockCallback(L.Callback):
 
 
 def run_fmlab(
-    module: L.LightningModule | None, model: Any, cfg: DictConfig, case: Case, dataset: Any
+    module: L.LightningModule | None,
+    model: Any,
+    cfg: DictConfig,
+    case: Case,
+    dataset: Any,
+    clock: StepClock | None = None,
 ):
     """One repetition of ``trainer.fit``; returns (result, module to reuse next repetition)."""
     module = module or build_module(cfg, model)
     device = torch.device(case.device)
-    clock, mem = StepClock(case.warmup, case.steps, device), PeakMemory(device)
+    clock, mem = clock or StepClock(case.warmup, case.steps, device), PeakMemory(device)
     trainer = build_trainer(cfg)
     trainer.callbacks.append(_ClockCallback(clock, mem))
     trainer.fit(module, datamodule=BenchData(dataset, case, clock))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,11 +30,21 @@ def timed(iterable: Iterable[Any], clock: StepClock) -> Iterator[Any]:
         yield item
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class StepClock:
     """Wall time of steps ``warmup+1 … warmup+steps``, marked once at the end of every step.
 
     The device is synchronised only at the two window edges (never per step, which would stall a
     GPU's queue), so the window is exact and per-step times are host-side marks.
+
+    Over the same window it also counts the CPU time of the calling (main) thread and the
+    process's minor page faults. On a shared machine other processes stretch wall time, but
+    hardly the CPU time this thread itself spends: with one torch thread that is the whole step
+    (framework overhead included), the least load-sensitive measure of host cost short of
+    instruction counts.
 
     Args:
         warmup: Steps excluded (compilation, allocator growth, first-batch effects).
@@ -49,6 +60,10 @@ class StepClock:
         self.done = 0
         self.marks: list[float] = []
         self.wait = 0.0  # data wait inside the window
+        self.cpu_s = 0.0  # main-thread CPU time inside the window
+        self.faults = 0  # minor page faults inside the window
+        self._cpu_at_start = 0.0
+        self._faults_at_start = 0
         self._wait_total = 0.0
         self._wait_at_start = 0.0
 
@@ -66,9 +81,12 @@ class StepClock:
             self._sync()
             self.marks = [time.perf_counter()]
             self._wait_at_start = self._wait_total
+            self._cpu_at_start, self._faults_at_start = time.thread_time(), _minor_faults()
         elif self.warmup < self.done <= self.warmup + self.steps:
             if self.done == self.warmup + self.steps:
                 self._sync()
+                self.cpu_s = time.thread_time() - self._cpu_at_start
+                self.faults = _minor_faults() - self._faults_at_start
             self.marks.append(time.perf_counter())
             self.wait = self._wait_total - self._wait_at_start
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import lightning as L
 import torch
 from pydantic import Field
 
-from fmlab.bench.flops import device_peak_flops, model_flops_per_token
+from fmlab.bench.flops import device_peak_flops, flops_counter
 from fmlab.bench.measure import PeakMemory
 from fmlab.modules.causal_lm import batch_tokens
 from fmlab.modules.logsteps import logs_this_step
@@ -76,7 +77,8 @@ class Throughput(L.Callback):
         self._cuda: torch.device | None = None
         self._memory = PeakMemory("cpu")
         self._peak: float | None = None  # device peak FLOP/s, resolved at train start
-        self._flops: dict[int, float | None] = {}  # training FLOPs per token, per length
+        self._flops: dict[int, float] = {}  # training FLOPs per token, per sequence length
+        self._counter: Callable[[int], float] | None = None  # made at train start
 
     @property
     def tokens(self) -> int:
@@ -106,7 +108,6 @@ class Throughput(L.Callback):
         self._mark = time.perf_counter()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restart_clock()
         if pl_module.device.type == "cuda":
             self._cuda = pl_module.device
             torch.cuda.reset_peak_memory_stats(self._cuda)
@@ -118,15 +119,19 @@ class Throughput(L.Callback):
                 self._peak = device_peak_flops(pl_module.device, dtype)
             except ValueError as err:  # an unknown GPU: tokens/s still logged
                 log.warning("perf/mfu is not logged: %s", err)
-
-    def _flops_per_token(self, pl_module: L.LightningModule, seq_len: int) -> float | None:
-        if seq_len not in self._flops:
-            try:
-                model = getattr(pl_module, "model", pl_module)
-                self._flops[seq_len] = model_flops_per_token(model, seq_len)
+        self._counter, self._flops = None, {}
+        if self._peak:
+            try:  # walks the model's modules: here, not inside a timed training step
+                self._counter = flops_counter(getattr(pl_module, "model", pl_module))
             except (AttributeError, ValueError) as err:  # not a HF-config model
                 log.warning("perf/mfu is not logged: %s", err)
-                self._flops[seq_len] = None
+        self._restart_clock()
+
+    def _flops_per_token(self, seq_len: int) -> float | None:
+        if self._counter is None:
+            return None
+        if seq_len not in self._flops:
+            self._flops[seq_len] = self._counter(seq_len)
         return self._flops[seq_len]
 
     on_validation_end = _restart_clock
@@ -163,7 +168,7 @@ class Throughput(L.Callback):
         )
         ids = batch.get("input_ids") if isinstance(batch, dict) else None
         if self._peak and ids is not None:
-            flops = self._flops_per_token(pl_module, ids.shape[-1])
+            flops = self._flops_per_token(ids.shape[-1])
             if flops:
                 mfu = rate * flops / (self._peak * trainer.world_size)
                 mfu_host = torch.tensor(mfu, dtype=torch.float64)

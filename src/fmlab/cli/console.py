@@ -20,7 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["CONSOLE_ONLY_NOISE", "DROPPED", "setup_job_logging"]
+__all__ = ["CONSOLE_ONLY_NOISE", "DROPPED", "adopt_lightning_logging", "setup_job_logging"]
 
 # Nowhere: advertisements for other products.
 DROPPED = (re.compile(r"💡 Tip:"),)
@@ -38,6 +38,8 @@ CONSOLE_ONLY_NOISE = tuple(
         r"'set_vital' is deprecated",  # torchdata's StatefulDataLoader on torch>=2.9
         r"isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning on torch>=2.9
         r"`torch\.jit\.script` is deprecated",
+        # CausalLMModule moves its flat dict batches itself (one .to() per tensor), on purpose
+        r"overridden `transfer_batch_to_device` in `LightningModule` but have passed in a",
         r"torch\.utils\._pytree\._register_pytree_node is deprecated",
     )
 )
@@ -122,12 +124,8 @@ def setup_job_logging(verbose: bool = False) -> str | None:
             handler.close()
     if not root.handlers:  # hydra/job_logging=disabled or none: leave logging alone
         return None
-    for name in _LIGHTNING:  # Lightning's private stderr handler would bypass train.log
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            if type(handler) is logging.StreamHandler:
-                logger.removeHandler(handler)
-        logger.propagate = True
+    if "lightning" in sys.modules:  # otherwise build_trainer() calls it after the import
+        adopt_lightning_logging()
     warnings.showwarning = _log_warning
     if "transformers" in sys.modules:  # "Writing model shards" bars at every export
         sys.modules["transformers"].utils.logging.disable_progress_bar()
@@ -136,6 +134,24 @@ def setup_job_logging(verbose: bool = False) -> str | None:
 
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return log_file
+
+
+def adopt_lightning_logging() -> None:
+    """Route Lightning's log records through the job's console and ``train.log``.
+
+    ``import lightning`` gives its logger a private stderr handler (``INFO: ...``) that would
+    bypass both; entry points import Lightning lazily, after the job's logging is set up, so
+    :func:`fmlab.workflow.build_trainer` calls this too. Outside an fmlab job (a notebook, a
+    library caller) Lightning's own handler is left alone.
+    """
+    if not any(isinstance(h, ConsoleHandler) for h in logging.getLogger().handlers):
+        return
+    for name in _LIGHTNING:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def log_file_of_job() -> Path | None:

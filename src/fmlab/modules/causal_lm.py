@@ -19,6 +19,8 @@ from fmlab.modules.rng import get_rng_state, set_rng_state
 __all__ = ["CausalLMModule", "batch_tokens"]
 
 IGNORE = -100
+# attributes that are never parameters, buffers or submodules, set on every training step
+_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "tokens_seen", "_step_norm"})
 
 
 def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -67,7 +69,25 @@ class CausalLMModule(L.LightningModule):
         self.compile = compile
         self.tokens_seen = 0
         self._pending_rng: dict | None = None
+        self._params: list[nn.Parameter] | None = None  # self.parameters(), listed once per fit
+        self._step_norm: torch.Tensor | None = None  # this optimizer step's gradient norm
         self.metrics = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name around every hook call (~50 times per training step);
+        # nn.Module.__setattr__'s checks for parameters/buffers/submodules cost ~1.5 µs each time
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int):
+        # fmlab's batches are flat dicts of tensors: one .to() each, as Lightning's default does
+        # (non-blocking except to CPU/MPS), without its generic walk (~100 Python calls a batch)
+        if type(batch) is dict and all(isinstance(v, torch.Tensor) for v in batch.values()):
+            non_blocking = device.type not in ("cpu", "mps")
+            return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # ------------------------------------------------------------------ forward / loss
     def _forward_fn(self) -> Callable[..., Any]:
@@ -83,7 +103,13 @@ class CausalLMModule(L.LightningModule):
         return out.loss, n_targets
 
     def forward_batch(self, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
-        """Model output (``loss``, ``logits``) and the number of predicted tokens. ids: (B, T).
+        """Model output (see :meth:`model_output`) and the number of predicted tokens."""
+        out = self.model_output(batch)
+        labels = batch.get("labels", batch["input_ids"])
+        return out, (labels[:, 1:] != IGNORE).sum()
+
+    def model_output(self, batch: dict[str, torch.Tensor]) -> Any:
+        """Model output (``loss``, ``logits``) of a batch. ids: (B, T).
 
         Optional batch keys: ``labels`` (-100 = ignored; default: the ids), ``attention_mask``
         (2-D padding mask or 4-D packed mask), ``position_ids`` (packed rows), ``prompt_mask``
@@ -94,12 +120,10 @@ class CausalLMModule(L.LightningModule):
         kwargs = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
         if "prompt_mask" in batch and getattr(self.model, "accepts_prompt_mask", False):
             kwargs["prompt_mask"] = batch["prompt_mask"]
-        out = self._forward_fn()(input_ids=ids, labels=labels, **kwargs)
-        n_targets = (labels[:, 1:] != IGNORE).sum()
-        return out, n_targets
+        return self._forward_fn()(input_ids=ids, labels=labels, **kwargs)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out, _ = self.forward_batch(batch)
+        out = self.model_output(batch)  # (the target count of forward_batch is not needed here)
         loss = out.loss
         self.tokens_seen += batch_tokens(batch) * self.trainer.world_size
         bs = len(batch["input_ids"])
@@ -179,17 +203,41 @@ class CausalLMModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def on_fit_start(self) -> None:
+        self._params, self._step_norm = None, None  # a module may be fitted again, changed
+
+    def _with_grads(self) -> list[nn.Parameter]:
+        if self._params is None:  # walking the module tree costs ~0.1 ms (LoRA: ~0.5) per step
+            self._params = list(self.parameters())
+        return [p for p in self._params if p.grad is not None]
+
+    def grad_norm(self) -> torch.Tensor:
+        """Global 2-norm of this optimizer step's gradients (``clip_grad_norm_``'s, bit for bit).
+
+        Computed once per step and shared: the NaN guard (a callback, so it runs first) checks it,
+        then :meth:`on_before_optimizer_step` clips with it. Callbacks that change gradients do so
+        before (``on_after_backward``, as fmlab's do), not in ``on_before_optimizer_step`` after
+        the guard.
+        """
+        if self._step_norm is None:
+            grads = [p.grad for p in self._with_grads()]
+            self._step_norm = torch.nn.utils.get_total_norm(grads)
+        return self._step_norm
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.grad_clip <= 0:
-            return
-        wrapped = self.trainer.strategy.model
-        if hasattr(wrapped, "clip_grad_norm_"):  # FSDP shards: the wrapper computes the global norm
-            norm = wrapped.clip_grad_norm_(self.grad_clip)
-        else:
-            params = [p for p in self.parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        if logs_this_step(self._trainer):
-            self.log("train/grad_norm", norm, on_step=True)
+        try:
+            if self.grad_clip <= 0:
+                return
+            wrapped = self.trainer.strategy.model
+            if hasattr(wrapped, "clip_grad_norm_"):  # FSDP shards: the wrapper computes the norm
+                norm = wrapped.clip_grad_norm_(self.grad_clip)
+            else:  # = clip_grad_norm_, with the norm the NaN guard may have computed already
+                norm = self.grad_norm()
+                torch.nn.utils.clip_grads_with_norm_(self._with_grads(), self.grad_clip, norm)
+            if logs_this_step(self._trainer):
+                self.log("train/grad_norm", norm, on_step=True)
+        finally:
+            self._step_norm = None  # the next step has new gradients
 
     # ------------------------------------------------------------------ exact resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

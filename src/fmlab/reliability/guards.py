@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import math
 import os
 import socket
 from collections.abc import Iterator
@@ -108,13 +107,17 @@ class PreemptionCheckpoint(L.Callback):
 class NonFiniteGuard(L.Callback):
     """Detects a NaN/Inf loss or gradient at the step it happens, before the weights change.
 
+    Loss and gradients are checked together right before the optimizer step, with one host
+    synchronisation per step.
+
     Args:
         policy: ``stop`` raises at once (no update is applied, so ``last.ckpt`` and the weights
             stay good); ``skip`` drops the update of that step and goes on, up to ``max_skips``
             steps in the whole run, then stops.
         max_skips: How many bad steps ``skip`` tolerates.
-        check_grads: Also check the gradients (one fused norm per step); a finite loss with
-            overflowing gradients is caught too.
+        check_grads: Also check the gradients; a finite loss with overflowing gradients is
+            caught too. With fmlab's modules this reads the global gradient norm the module
+            computes once per step for clipping (no second pass over the gradients).
     """
 
     def __init__(
@@ -128,27 +131,37 @@ class NonFiniteGuard(L.Callback):
         self.check_grads = check_grads
         self.skipped = 0
         self._bad: str | None = None
+        self._losses: list[torch.Tensor] = []  # this optimizer step's (micro-batch) losses
+        self._batch: Any = None
 
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
-        self._bad = None
         self._batch = batch
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            self._bad = f"train/loss is {value}"
-            labels = self._batch.get("labels") if isinstance(self._batch, dict) else None
-            if labels is not None and bool((labels[:, 1:] == -100).all()):
-                self._bad += " (the batch has no target tokens: every label is -100)"
-            if self.policy == "stop" and trainer.world_size == 1:
-                self._stop(trainer)  # several ranks: decided together, before the update
+        # kept on the device and checked with the gradients before the update: one host sync
+        # per step, after backward (a sync here would stall a GPU between forward and backward)
+        self._losses.append(loss.detach())
+
+    def _find_bad(self, pl_module: L.LightningModule, optimizer: Any) -> str | None:
+        losses, self._losses = self._losses, []
+        values = [loss.float() for loss in losses]  # () each
+        if self.check_grads:
+            norm = _grad_norm(pl_module, optimizer).float()
+            values.append(norm.to(values[0].device) if values else norm)
+        finite = torch.isfinite(torch.stack(values)).tolist() if values else []  # the host sync
+        for loss, ok in zip(losses, finite, strict=False):
+            if not ok:
+                bad = f"train/loss is {float(loss)}"
+                labels = self._batch.get("labels") if isinstance(self._batch, dict) else None
+                if labels is not None and bool((labels[:, 1:] == -100).all()):
+                    bad += " (the batch has no target tokens: every label is -100)"
+                return bad
+        if not all(finite):
+            return "a gradient is NaN/Inf (the loss was finite)"
+        return None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if self._bad is None and self.check_grads and grads:
-            norms = torch._foreach_norm(grads)
-            if not bool(torch.isfinite(torch.stack(norms)).all()):
-                self._bad = "a gradient is NaN/Inf (the loss was finite)"
+        self._bad = self._find_bad(pl_module, optimizer)
         # Several ranks take one decision: each sees only its own rows' loss and, under FSDP, its
         # own shard of the gradients. A rank stopping alone leaves the others waiting in the
         # next collective forever; a rank skipping alone lets the replicas diverge.
@@ -185,6 +198,20 @@ class NonFiniteGuard(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped = int(state_dict.get("skipped", 0))
+
+
+def _grad_norm(pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """The global gradient norm: the one the module also clips with (``CausalLMModule.grad_norm``,
+    computed once per step), else computed here.
+
+    It is finite exactly when every gradient is, except when the sum of squares leaves float
+    range (a norm above ~1e19): then clipping would turn the update into zero anyway.
+    """
+    shared = getattr(pl_module, "grad_norm", None)
+    if callable(shared):
+        return shared()
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads)  # tensor(0.) without gradients
 
 
 class RunDirInUse(RuntimeError):
