@@ -72,8 +72,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             train_cfg if cfg.data_from_run else cfg, tokenizer_factory=fixed_tokenizer(tokenizer)
         )
         model = build_model(train_cfg, tokenizer, datamodule.block_size)
-        check_data_lengths(datamodule, loaded_positions(model, str(run)))
         check_lm_eval(cfg.get("lm_eval"), model)  # before any evaluation runs
+        check_data_lengths(datamodule, loaded_positions(model, str(run)))
         module = build(train_cfg.module, "module", model=model, optimizer=None)
         source = ckpt
     else:
@@ -83,9 +83,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             allow_base_mismatch=bool(cfg.get("allow_base_mismatch")),
             lineage=loaded,
         )
+        check_lm_eval(cfg.get("lm_eval"), model)  # before any evaluation runs
         positions = loaded_positions(model, str(cfg.model_path))
         check_lengths(cfg, positions)  # before the data is read
-        check_lm_eval(cfg.get("lm_eval"), model)
         datamodule, _ = build_data(cfg, tokenizer_factory=fixed_tokenizer(tokenizer))
         check_data_lengths(datamodule, positions)
         module = build(cfg.module, "module", model=model, optimizer=None)
