@@ -150,6 +150,11 @@ def preflight(cfg: DictConfig) -> None:
     from fmlab.distributed import check_strategy
 
     check_strategy(cfg)  # e.g. DeepSpeed missing: fail before the data is prepared
+    # A preset's base that the user must name: `${oc.env:VAR,'??? how to make one'}` left unset
+    model = cfg.get("model")
+    base = model.get("name_or_path") if isinstance(model, DictConfig) else None
+    if isinstance(base, str) and base.startswith("???"):
+        raise ConfigError(f"model.name_or_path is not set: {base[3:].strip() or 'set it'}")
     method = cfg.get("method")
     check = getattr(get_object(method._target_), "preflight", None) if method else None
     if check is not None and (problem := check()):

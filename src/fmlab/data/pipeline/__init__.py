@@ -2,13 +2,14 @@
 
 Stages (each a class whose constructor is its config schema): :class:`Structure` (read +
 validate), :class:`Clean`, :class:`Filter`, :class:`Dedup`, :class:`Split`,
-:class:`Decontaminate`, a segment stage (:class:`Pack`, :class:`SFT`, :class:`Classify`) and
-:class:`Write`. :func:`prepare_dataset` runs them with per-stage caching; ``fmlab-prepare`` is its
-command line.
+:class:`Decontaminate`, a segment stage (:class:`Pack`, :class:`SFT`, :class:`Classify`,
+:class:`Preference`) and :class:`Write`. :func:`prepare_dataset` runs them with per-stage caching;
+``fmlab-prepare`` is its command line.
 """
 
 from fmlab.data.pipeline.clean import Clean
 from fmlab.data.pipeline.dedup import Dedup
+from fmlab.data.pipeline.preference import Preference
 from fmlab.data.pipeline.quality import Filter
 from fmlab.data.pipeline.records import PrepareError, SourceSpec
 from fmlab.data.pipeline.run import prepare_dataset
@@ -25,6 +26,7 @@ __all__ = [
     "Dedup",
     "Filter",
     "Pack",
+    "Preference",
     "PrepareError",
     "SourceSpec",
     "Split",

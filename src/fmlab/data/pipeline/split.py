@@ -39,7 +39,7 @@ def _split_batch(
     cols = batch.to_pydict()
     if by == "id":
         keys = cols["id"]
-    elif by == "prompt" or (by == "auto" and kind == "sft"):
+    elif by == "prompt" or (by == "auto" and kind in ("sft", "preference")):
         keys = cols["prompt"]
     else:
         keys = content_of(cols, kind)
@@ -57,8 +57,9 @@ class Split(Stage):
         val_fraction: Expected share of records in validation.
         test_fraction: Expected share in test.
         salt: Changes the (equally deterministic) assignment.
-        by: What is hashed: ``auto`` (the prompt for SFT records, so variants of one prompt
-            never straddle splits; the text otherwise), ``text``, ``prompt`` or ``id``.
+        by: What is hashed: ``auto`` (the prompt for SFT and preference records, so variants
+            of one prompt never straddle splits; the text otherwise), ``text``, ``prompt`` or
+            ``id``.
     """
 
     name = "split"
