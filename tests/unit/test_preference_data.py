@@ -193,8 +193,12 @@ def test_declared_splits_are_used_as_given(tok, tmp_path):
     dev = _write(tmp_path / "dev.jsonl", _rows(3, 100))
     test = _write(tmp_path / "test.csv", [])
     test.write_text("q,good,bad\n" + "".join(f"t{i},' a{i}',' b{i}'\n" for i in range(4)))
-    dm = _dm(tok, [{"path": str(train), "split": "train"}, {"path": str(dev), "split": "validation"},
-                   {"path": str(test), "split": "test"}])  # fmt: skip
+    declared = [
+        {"path": str(train), "split": "train"},
+        {"path": str(dev), "split": "validation"},
+        {"path": str(test), "split": "test"},
+    ]
+    dm = _dm(tok, declared)
     assert {s: len(p) for s, p in dm.pairs.items()} == {"train": 12, "validation": 3, "test": 4}
     assert [r["split"] for r in dm.stats["read"]] == ["train", "validation", "test"]
     with pytest.raises(ConfigError, match="none declares 'test'"):
