@@ -248,3 +248,17 @@ def test_prepare_recipe_then_train_data_from_it(tmp_path):
     assert dm.max_length == 48 and len(tok) == card["tokenizer"]["vocab_size"]
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[0] == 8 and batch["input_ids"].shape[1] <= 48
+
+
+def test_full_model_reference_is_a_frozen_copy_only_when_live(tok):
+    live = PreferenceModule(_tiny(len(tok)), optimizer=None, reference="live")
+    live.setup("fit")
+    copy_ = live.__dict__["_reference"]
+    assert copy_ is not live.model and not any(p.requires_grad for p in copy_.parameters())
+    pre = PreferenceModule(_tiny(len(tok)), optimizer=None, reference="precomputed")
+    pre.setup("fit")
+    assert "_reference" not in pre.__dict__  # no second copy of the weights
+    with pytest.raises(ConfigError, match="reference=none"):
+        PreferenceModule(_tiny(len(tok)), optimizer=None, loss="dpo", reference="none")
+    with pytest.raises(ConfigError, match="reference_model"):  # a full export, no reference
+        pre._check_reference()

@@ -23,7 +23,9 @@ Metrics (``train/`` on logging steps, ``val/`` and ``test/`` over the whole spli
 ``loss``, ``rewards/{chosen,rejected,margin,accuracy}``, ``logps/{chosen,rejected}`` (summed
 response log-probs), ``kl`` = mean over response tokens of the exact ``KL(π ‖ π_ref)`` over the
 vocabulary (live reference only; in training only where the reference forward runs anyway, i.e.
-DPO/IPO), and ``exact_match`` by greedy generation when the data has checkable answers.
+DPO/IPO), ``nll`` (the chosen responses' per-token negative log-likelihood), and
+``exact_match`` by greedy generation when the data has checkable answers. ``loss`` is the
+objective (plus ``sft_weight`` × ``nll`` when set).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ _METRICS = (
     "logps/chosen",
     "logps/rejected",
     "kl",
+    "nll",
 )
 
 
@@ -80,6 +83,8 @@ class PreferenceModule(CausalLMModule):
         reference: ``live`` (a reference forward per batch), ``precomputed`` (once, at the start
             of fit) or ``none`` (SimPO only: no reference metrics, no copy).
         reference_model: A model directory used as the reference instead of the starting model.
+        sft_weight: Adds this times the chosen responses' per-token NLL (RPO, Pang et al. 2024;
+            TRL's ``rpo_alpha``): keeps the chosen likelihood from falling with the rejected one.
         exact_match: Score held-out prompts by greedy generation (if the data has answers).
         generation_batch_size: Prompts per generate call.
         grad_clip: Max global gradient norm (0: off).
@@ -97,6 +102,7 @@ class PreferenceModule(CausalLMModule):
         gamma: Annotated[float, Field(ge=0)] = 1.0,
         reference: Literal["live", "precomputed", "none"] = "live",
         reference_model: str | None = None,
+        sft_weight: Annotated[float, Field(ge=0)] = 0.0,
         exact_match: bool = True,
         generation_batch_size: Annotated[int, Field(gt=0)] = 64,
         grad_clip: Annotated[float, Field(ge=0)] = 1.0,
@@ -113,6 +119,7 @@ class PreferenceModule(CausalLMModule):
         self.loss_name, self.beta = loss, DEFAULT_BETA[loss] if beta is None else beta
         self.label_smoothing, self.gamma = label_smoothing, gamma
         self.reference, self.reference_model = reference, reference_model
+        self.sft_weight = sft_weight
         self.exact_match, self.generation_batch_size = exact_match, generation_batch_size
         self.pref_metrics = nn.ModuleDict(
             {
@@ -250,8 +257,12 @@ class PreferenceModule(CausalLMModule):
             label_smoothing=self.label_smoothing,
             gamma=self.gamma,
         )
+        loss = losses.mean()
+        nll = -logps[:b].sum() / tokens[:b].sum().clamp(min=1)  # chosen, per token
         out = {
-            "loss": losses.mean(),
+            "loss": loss + self.sft_weight * nll if self.sft_weight else loss,
+            "nll": nll.detach(),
+            "nll_tokens": tokens[:b].sum(),
             "rewards/chosen": r_c,
             "rewards/rejected": r_r,
             "rewards/margin": r_c - r_r,
@@ -271,7 +282,7 @@ class PreferenceModule(CausalLMModule):
         if logging:  # host copies: no device sync per step for the progress bar
             b = len(batch["pair_index"])
             for name, value in out.items():
-                if name != "kl_tokens":
+                if not name.endswith("_tokens"):
                     host = value.detach().float().mean().cpu()
                     self.log(
                         f"train/{name}", host, on_step=True, prog_bar=name == "loss", batch_size=b
@@ -284,11 +295,13 @@ class PreferenceModule(CausalLMModule):
         metrics = self.pref_metrics[split]
         b = len(batch["pair_index"])
         for name, value in out.items():
-            if name == "loss":
+            if name.endswith("_tokens"):
+                continue
+            if name in ("kl", "nll"):  # per token: weighted by the batch's tokens
+                metrics[name].update(value, weight=out[f"{name}_tokens"])
+            elif name == "loss":
                 metrics["loss"].update(value.detach(), weight=b)
-            elif name == "kl":
-                metrics["kl"].update(value, weight=out["kl_tokens"])
-            elif name != "kl_tokens":
+            else:
                 metrics[name.replace("/", "_")].update(value)
 
     def _eval_epoch_end(self, split: str) -> None:
