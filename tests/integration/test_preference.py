@@ -47,7 +47,8 @@ def test_dpo_after_sft_raises_reward_accuracy_and_keeps_exact_match(
     extra = []
     if method == "lora":  # the forgetting monitor, with the SFT data as the retention set
         sft_set = "{_target_: fmlab.data.SFTDataModule, task: logic, n_train: 1000, n_val: 100}"
-        extra = ["callbacks=continual", f"callbacks.forgetting.sets={{logic_sft: {sft_set}}}"]
+        extra = ["callbacks=continual", f"+callbacks.forgetting.sets.logic_sft={sft_set}"]
+        extra.append("trainer.val_check_interval=30")  # the monitor measures during fit
     s = _dpo(sft_logic_base, tmp_path / "run", method, *extra)
     before = sft_logic_base["test/exact_match"]
     print(method, "SFT test/exact_match", before, {k: v for k, v in s.items() if "/" in k})
@@ -66,13 +67,17 @@ def test_dpo_after_sft_raises_reward_accuracy_and_keeps_exact_match(
 
     cfg = compose_config(
         "eval",
-        [f"model_path={s['paths']['output_dir']}", "data=preference", *LOGIC],
+        [
+            f"model_path={s['paths']['output_dir']}",
+            "data=preference",
+            *LOGIC,
+            "data.exact_match_examples=0",  # no generation: the numbers above suffice
+        ],
         output_dir=tmp_path / "eval",
     )
     again = evaluate(cfg)
     assert again["test/rewards/accuracy"] == pytest.approx(s["test/rewards/accuracy"])
     assert again["test/loss"] == pytest.approx(s["test/loss"], rel=1e-4)
-    assert again["test/exact_match"] == pytest.approx(s["test/exact_match"])
 
 
 def _step_losses(run_dir: Path) -> dict[int, str]:
@@ -109,7 +114,7 @@ def test_precomputed_reference_gives_the_live_losses_without_a_copy(sft_logic_ba
 
 
 # ------------------------------------------------------------------------ kill -9 and resume
-MAX_STEPS = 12
+MAX_STEPS = 10
 
 
 def _cmd(base: dict, run_dir: Path, *extra: str) -> list[str]:
@@ -123,9 +128,10 @@ def _cmd(base: dict, run_dir: Path, *extra: str) -> list[str]:
         "method=lora",  # LoRA dropout is on: the resumed run must restore the RNG too
         *LOGIC,
         "data.n_train=96",  # 6 steps per epoch: the resumed run crosses an epoch boundary
+        "data.n_val=16",
         "data.exact_match_examples=8",
         f"trainer.max_steps={MAX_STEPS}",
-        "trainer.val_check_interval=4",
+        "trainer.val_check_interval=5",
         "callbacks.checkpoint_last.every_n_train_steps=5",
         "export.hf=false",
         "run_test=false",

@@ -285,32 +285,32 @@ class PreferenceDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
         )
 
-    def _eval(self, split: str, *, sharded: bool = True) -> Any:
+    def _eval(self, items: list[Any], collate: Any = None, *, sharded: bool = True) -> Any:
         rank, world = rank_world(self) if sharded else (0, 1)
         return eval_loader(
-            self.pairs[split],
+            items,
             batch_size=self.eval_batch_size,
             rank=rank,
             world=world,
-            collate_fn=self._collate(),
+            collate_fn=collate or self._collate(),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
         )
 
     def val_dataloader(self) -> Any:
-        return self._eval("validation")
+        return self._eval(self.pairs["validation"])
 
     def test_dataloader(self) -> Any:
-        return self._eval("test")
+        return self._eval(self.pairs["test"])
 
     def pair_loader(self, split: str) -> Any:
         """Every pair of a split in order, unsharded (precomputing reference log-probs)."""
-        return self._eval(split, sharded=False)
+        return self._eval(self.pairs[split], sharded=False)
 
     def domain_loader(self) -> Any:
         """Validation prompts + chosen responses as SFT batches (the forgetting monitor's
         ``forget/domain/*``: the chosen responses' perplexity)."""
-        rank, world = rank_world(self)
+        assert self.tokenizer is not None
         examples = [
             {
                 "input_ids": [*p["prompt"], *p["chosen"]],
@@ -318,14 +318,7 @@ class PreferenceDataModule(L.LightningDataModule):
             }
             for p in self.pairs["validation"]
         ]
-        assert self.tokenizer is not None
-        return eval_loader(
-            examples,
-            batch_size=self.eval_batch_size,
-            rank=rank,
-            world=world,
-            collate_fn=partial(
-                collate_sft, pad_id=self.tokenizer.pad_token_id, padding_side=self.padding_side
-            ),
-            num_workers=self.num_workers,
+        pad = self.tokenizer.pad_token_id
+        return self._eval(
+            examples, partial(collate_sft, pad_id=pad, padding_side=self.padding_side)
         )
