@@ -123,3 +123,35 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory, small_jsonl: Path) -> di
         "trainer.val_check_interval=5",
         f"paths.log_dir={root / 'logs'}",
     )
+
+
+# The built-in logic task as SFT and preference runs share it: same sizes and seed give the same
+# prompts per split, so exact match before (SFT) and after (DPO) is measured on the same prompts.
+LOGIC = [
+    "data.task=logic",
+    "data.n_train=1000",
+    "data.n_val=100",
+    "data.n_test=100",
+    "data.exact_match_examples=100",
+]
+
+
+@pytest.fixture(scope="session")
+def sft_logic_base(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny model fine-tuned (full SFT, from random init) on the logic task, trained once per
+    session: the starting point of preference-training tests. Its summary; the model is at
+    ``["paths"]["export_dir"]``."""
+    return run_train(
+        tmp_path_factory.mktemp("sft_logic_base"),
+        "data=sft",
+        *LOGIC,
+        "tokenizer.vocab_size=300",
+        "method=full",
+        "optim.lr=3e-3",
+        "scheduler.warmup_steps=10",
+        "trainer.max_steps=100",
+        "trainer.limit_val_batches=0",  # only its test exact match is needed
+        "callbacks.checkpoint_best=null",
+        "export.which=last",
+        "callbacks.checkpoint_last.every_n_train_steps=100",
+    )

@@ -273,8 +273,8 @@ def resolve_model_ref(
             value that is neither an existing path nor a valid Hub name.
     """
     given = "" if value is None else str(value).strip()
-    if not given or given == "???":
-        raise _missing(key, None, None, hint)
+    if not given or given.startswith("???"):  # a preset's '??? <how to make one>' or bare ???
+        raise _missing(key, None, None, given[3:].strip() or hint)
     raw = Path(given).expanduser()
     path = raw.resolve()
     if path.is_file():

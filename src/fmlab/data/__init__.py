@@ -10,6 +10,7 @@ _EXPORTS = {
     "BlockDataset": "fmlab.data.datamodule",
     "DataSourceError": "fmlab.data.sources",
     "MultiTaskDataModule": "fmlab.data.multitask",
+    "PreferenceDataModule": "fmlab.data.preference",
     "PretrainDataModule": "fmlab.data.datamodule",
     "SFTDataModule": "fmlab.data.sft_module",
     "SourceSpec": "fmlab.data.pipeline.records",

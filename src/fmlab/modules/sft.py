@@ -12,7 +12,7 @@ from torchmetrics import SumMetric
 from fmlab.evaluation.generation import exact_match, generate_text
 from fmlab.modules.causal_lm import CausalLMModule
 
-__all__ = ["SFTModule", "generation_accuracy"]
+__all__ = ["SFTModule", "generation_accuracy", "log_exact_match"]
 
 
 def generation_accuracy(
@@ -41,6 +41,19 @@ def generation_accuracy(
     hits.update(torch.tensor(float(sum(exact_match(preds, [r for _, r in mine]))), device=device))
     total.update(torch.tensor(float(len(mine)), device=device))
     return float(hits.compute() / total.compute().clamp(min=1))
+
+
+def log_exact_match(module: CausalLMModule, split: str, stage: str, batch_size: int) -> None:
+    """Log ``<stage>/exact_match`` on the DataModule's ``exact_match_set(split)``, if it has one
+    (SFT and preference DataModules)."""
+    dm = getattr(module.trainer, "datamodule", None)
+    if dm is None or not hasattr(dm, "exact_match_set"):
+        return
+    examples = dm.exact_match_set(split)
+    if not examples:
+        return
+    accuracy = generation_accuracy(module, examples, dm.tokenizer, dm.max_new_tokens, batch_size)
+    module.log(f"{stage}/exact_match", accuracy, prog_bar=stage == "val", sync_dist=False)
 
 
 class SFTModule(CausalLMModule):
@@ -81,16 +94,8 @@ class SFTModule(CausalLMModule):
         self.generation_batch_size = generation_batch_size
 
     def _score_generation(self, split: str, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if not self.exact_match or dm is None or not hasattr(dm, "exact_match_set"):
-            return
-        examples = dm.exact_match_set(split)
-        if not examples:
-            return
-        accuracy = generation_accuracy(
-            self, examples, dm.tokenizer, dm.max_new_tokens, self.generation_batch_size
-        )
-        self.log(f"{stage}/exact_match", accuracy, prog_bar=stage == "val", sync_dist=False)
+        if self.exact_match:
+            log_exact_match(self, split, stage, self.generation_batch_size)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

@@ -1,8 +1,10 @@
 """Deterministic generators of SFT tasks with exact answers and disjoint splits.
 
 Each task yields records ``{"prompt", "response"}`` (classification tasks also ``input`` and an
-integer ``label``). Splits are assigned by a hash of the prompt, and prompts are unique, so the
-validation and test sets never share an example with training, whatever the sizes asked for.
+integer ``label``). :func:`wrong_answer` gives a plausible wrong response for a record
+(preference pairs: chosen = the correct response, rejected = a wrong one). Splits are assigned
+by a hash of the prompt, and prompts are unique, so the validation and test sets never share an
+example with training, whatever the sizes asked for.
 
 These are for examples, tests and demos; users bring their own JSONL.
 """
@@ -15,7 +17,7 @@ from typing import Any
 
 from fmlab.data.splits import split_of
 
-__all__ = ["CLASSIFY_LABELS", "TASKS", "generate_task"]
+__all__ = ["CLASSIFY_LABELS", "TASKS", "WRONG_ANSWERS", "generate_task", "wrong_answer"]
 
 Record = dict[str, Any]
 
@@ -188,3 +190,73 @@ def generate_task(
         if len(out[split]) < want[split]:
             out[split].append(rec)
     return out
+
+
+# ---------------------------------------------------------------------------- wrong answers
+def _wrong_words(words: list[str], rng: random.Random, vocab: int = 8) -> list[str]:
+    """The same words with two different neighbours swapped, or one word replaced when all are
+    equal: close to the right answer, never equal to it."""
+    pairs = [i for i in range(len(words) - 1) if words[i] != words[i + 1]]
+    out = list(words)
+    if pairs:
+        i = rng.choice(pairs)
+        out[i], out[i + 1] = out[i + 1], out[i]
+    else:
+        i = rng.randrange(len(out))
+        out[i] = rng.choice([w for w in _WORDS[: max(vocab, 2)] if w != out[i]])
+    return out
+
+
+def _wrong_number(value: int, rng: random.Random, spaced: bool, low: int = 0) -> str:
+    candidates = [v for v in (value + d for d in (-10, -2, -1, 1, 2, 10)) if v >= low]
+    return f" {_digits(rng.choice(candidates), spaced)}"
+
+
+def _wrong_arithmetic(rec: Record, rng: random.Random, spaced: bool = True, **_: Any) -> str:
+    return _wrong_number(int(rec["response"].replace(" ", "")), rng, spaced)
+
+
+def _wrong_logic(rec: Record, rng: random.Random, **_: Any) -> str:
+    return " false" if rec["response"].strip() == "true" else " true"
+
+
+def _wrong_list(rec: Record, rng: random.Random, vocab: int = 8, **_: Any) -> str:
+    return " " + " ".join(_wrong_words(rec["response"].split(), rng, vocab))
+
+
+def _wrong_classify(rec: Record, rng: random.Random, **_: Any) -> str:
+    others = [i for i in range(len(CLASSIFY_LABELS)) if i != rec["label"]]
+    return f" {chr(65 + rng.choice(others))}"
+
+
+def _wrong_count(rec: Record, rng: random.Random, **_: Any) -> str:
+    k = int(rec["target"])
+    return f" {k + 1 if k == 0 or rng.random() < 0.5 else k - 1}"
+
+
+WRONG_ANSWERS: dict[str, Callable[..., str]] = {
+    "arithmetic": _wrong_arithmetic,  # the result off by 1, 2 or 10
+    "count": _wrong_count,  # off by one
+    "reverse": _wrong_list,  # two neighbouring words swapped
+    "sort": _wrong_list,
+    "logic": _wrong_logic,  # the other truth value
+    "classify": _wrong_classify,  # another option letter
+}
+
+
+def wrong_answer(name: str, record: Record, rng: random.Random, **task_args: Any) -> str:
+    """A plausible wrong response to a record of task ``name`` (never equal to the right one).
+
+    Args:
+        name: The built-in task.
+        record: One of its records.
+        rng: Source of randomness (deterministic per seed).
+        task_args: The generator's arguments (digit spacing, vocabulary size).
+    """
+    if name not in WRONG_ANSWERS:
+        raise ValueError(f"no wrong-answer rule for task '{name}'; tasks: {sorted(WRONG_ANSWERS)}")
+    keep = {k: v for k, v in task_args.items() if k in ("spaced", "vocab")}
+    wrong = WRONG_ANSWERS[name](record, rng, **keep)
+    if " ".join(wrong.split()) == " ".join(record["response"].split()):  # a bug, not bad luck
+        raise AssertionError(f"task '{name}': wrong answer equals the right one for {record}")
+    return wrong

@@ -2,9 +2,9 @@
 
 Stages (each a class whose constructor is its config schema): :class:`Structure` (read +
 validate), :class:`Clean`, :class:`Filter`, :class:`Dedup`, :class:`Split`,
-:class:`Decontaminate`, a segment stage (:class:`Pack`, :class:`SFT`, :class:`Classify`) and
-:class:`Write`. :func:`prepare_dataset` runs them with per-stage caching; ``fmlab-prepare`` is its
-command line.
+:class:`Decontaminate`, a segment stage (:class:`Pack`, :class:`SFT`, :class:`Classify`,
+:class:`Preference`) and :class:`Write`. :func:`prepare_dataset` runs them with per-stage caching;
+``fmlab-prepare`` is its command line.
 """
 
 from fmlab.utils.lazy import lazy_exports
@@ -18,6 +18,7 @@ _EXPORTS = {
     "Dedup": "fmlab.data.pipeline.dedup",
     "Filter": "fmlab.data.pipeline.quality",
     "Pack": "fmlab.data.pipeline.segment",
+    "Preference": "fmlab.data.pipeline.preference",
     "PrepareError": "fmlab.data.pipeline.records",
     "SourceSpec": "fmlab.data.pipeline.records",
     "Split": "fmlab.data.pipeline.split",

@@ -207,7 +207,7 @@ class Dedup(Stage):
         }
         largest = sorted(members.items(), key=lambda kv: (-len(kv[1]), kv[0]))[: self.clusters]
         ids = table.column("id")
-        text_col = table.column("prompt" if kind == "sft" else "text")
+        text_col = table.column("prompt" if kind in ("sft", "preference") else "text")
         listed = []
         for keep, dups in largest:
             near = [d for d in dups if d in similarity]

@@ -1,10 +1,11 @@
 """fmlab's record schema, source specs, and the checks every raw row goes through.
 
-A prepared dataset holds one of three record kinds:
+A prepared dataset holds one of four record kinds:
 
 - ``text``: ``text`` (pre-training, continued pre-training);
 - ``sft``: ``prompt`` and ``response`` (supervised fine-tuning);
-- ``classification``: ``text`` (the input) and ``label`` (multi-task heads).
+- ``classification``: ``text`` (the input) and ``label`` (multi-task heads);
+- ``preference``: ``prompt``, ``chosen`` and ``rejected`` (DPO/IPO/SimPO pairs).
 
 Every kind also carries ``id``, ``source``, ``domain`` and ``date`` (ISO ``YYYY-MM-DD`` or null).
 """
@@ -32,8 +33,9 @@ __all__ = [
     "to_record",
 ]
 
-Kind = Literal["text", "sft", "classification"]
-KINDS: tuple[str, ...] = ("text", "sft", "classification")
+Kind = Literal["text", "sft", "classification", "preference"]
+KINDS: tuple[str, ...] = ("text", "sft", "classification", "preference")
+_FIELDS = {"sft": ("prompt", "response"), "preference": ("prompt", "chosen", "rejected")}
 
 
 class PrepareError(ConfigError):
@@ -59,6 +61,8 @@ class SourceSpec(BaseModel):
     text_field: str = "text"
     prompt_field: str = "prompt"
     response_field: str = "response"
+    chosen_field: str = "chosen"  # preference pairs
+    rejected_field: str = "rejected"
     input_field: str | None = None  # classification input; defaults to text_field
     label_field: str = "label"
     id_field: str | None = None
@@ -102,13 +106,13 @@ class BadRow(Exception):
 
 def content_fields(kind: str) -> tuple[str, ...]:
     """The text fields of a record kind (what cleaning edits)."""
-    return ("prompt", "response") if kind == "sft" else ("text",)
+    return _FIELDS.get(kind, ("text",))
 
 
 def content_of(batch: dict[str, list], kind: str) -> list[str]:
     """One string per record: what filters, deduplication and decontamination look at."""
-    if kind == "sft":
-        return [f"{p}\n\n{r}" for p, r in zip(batch["prompt"], batch["response"])]
+    if kind in _FIELDS:
+        return ["\n\n".join(parts) for parts in zip(*(batch[f] for f in _FIELDS[kind]))]
     return batch["text"]
 
 
@@ -117,8 +121,8 @@ def record_schema(kind: str) -> pa.Schema:
     import pyarrow as pa  # here, not at the top: fmlab-prepare's config schema imports this module
 
     fields = [pa.field("id", pa.string()), pa.field("source", pa.string())]
-    if kind == "sft":
-        fields += [pa.field("prompt", pa.string()), pa.field("response", pa.string())]
+    if kind in _FIELDS:
+        fields += [pa.field(f, pa.string()) for f in _FIELDS[kind]]
     else:
         fields.append(pa.field("text", pa.string()))
     if kind == "classification":
@@ -179,24 +183,30 @@ def to_record(row: Any, spec: SourceSpec, kind: str, where: str) -> dict[str, An
     Args:
         row: The parsed row (a dict, or a plain string for ``.txt`` sources).
         spec: The source's field mapping.
-        kind: ``text``, ``sft`` or ``classification``.
+        kind: ``text``, ``sft``, ``classification`` or ``preference``.
         where: ``file:line`` (or ``file:row N``) of the row; the default record id.
 
     Raises:
         BadRow: With the counted reason (missing/non-string field, empty text, invalid UTF-8,
-            invalid date or label).
+            invalid date or label, identical preference responses).
     """
     if isinstance(row, str):
         row = {spec.text_field: row}
     if not isinstance(row, dict):
         raise BadRow("not_an_object", f"expected an object with fields, got {type(row).__name__}")
     rec: dict[str, Any] = {}
-    if kind == "sft":
-        rec["prompt"] = _string(row, spec.prompt_field)
-        rec["response"] = _string(row, spec.response_field)
-        for key, field in (("prompt", spec.prompt_field), ("response", spec.response_field)):
+    if kind in _FIELDS:
+        mapping = {"prompt": spec.prompt_field, "response": spec.response_field}
+        mapping.update(chosen=spec.chosen_field, rejected=spec.rejected_field)
+        for key in _FIELDS[kind]:
+            rec[key] = _string(row, mapping[key])
+        for key in _FIELDS[kind]:
             if not rec[key].strip():
-                raise BadRow("empty_text", f"field '{field}' is empty")
+                raise BadRow("empty_text", f"field '{mapping[key]}' is empty")
+        if kind == "preference" and " ".join(rec["chosen"].split()) == " ".join(
+            rec["rejected"].split()
+        ):
+            raise BadRow("identical_responses", "chosen and rejected are the same text")
     else:
         field = (spec.input_field or spec.text_field) if kind == "classification" else None
         field = field or spec.text_field

@@ -25,6 +25,7 @@ from fmlab.data.pipeline.card import card_markdown, plot_lengths
 from fmlab.data.pipeline.clean import Clean
 from fmlab.data.pipeline.dedup import Dedup
 from fmlab.data.pipeline.engine import PIPELINE_VERSION, ArrowSink, Runner, fingerprint, read_table
+from fmlab.data.pipeline.preference import Preference
 from fmlab.data.pipeline.quality import Filter
 from fmlab.data.pipeline.read import resolve_source
 from fmlab.data.pipeline.records import PrepareError, SourceSpec, content_fields, content_of
@@ -38,7 +39,7 @@ from fmlab.utils.io import is_disk_full
 
 __all__ = ["as_specs", "prepare_dataset"]
 
-Segment = Pack | SFT | Classify
+Segment = Pack | SFT | Classify | Preference
 
 
 def as_specs(sources: list[Any]) -> list[SourceSpec]:
@@ -228,14 +229,17 @@ def prepare_dataset(
     if segment is not None and tokenizer is None:
         raise PrepareError("segment needs a tokenizer (the tokenizer config group)")
     kind = structure.kind
-    fits = {"text": (Pack,), "sft": (SFT,), "classification": (Classify,)}[kind]
+    fits = {"text": (Pack,), "sft": (SFT,), "classification": (Classify,)}
+    fits = {**fits, "preference": (Preference,)}[kind]
     if segment is not None and not isinstance(segment, fits):
         raise PrepareError(
             f"segment {type(segment).__name__} does not fit structure.kind='{kind}' "
             f"(use {fits[0].__name__}, or the prepare/recipe that matches the kind)"
         )
-    if split.params["by"] == "prompt" and kind != "sft":
-        raise PrepareError(f"split.by=prompt needs structure.kind=sft (kind is '{kind}')")
+    if split.params["by"] == "prompt" and kind not in ("sft", "preference"):
+        raise PrepareError(
+            f"split.by=prompt needs structure.kind=sft or preference (kind is '{kind}')"
+        )
     if write.params["format"] == "streaming" and not isinstance(segment, Pack):
         raise PrepareError(
             "output_format=streaming holds token blocks: prepare with prepare/recipe=pretrain"

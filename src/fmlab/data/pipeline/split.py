@@ -50,7 +50,7 @@ def _split_batch(
     cols = batch.to_pydict()
     if by == "id":
         keys = cols["id"]
-    elif by == "prompt" or (by == "auto" and kind == "sft"):
+    elif by == "prompt" or (by == "auto" and kind in ("sft", "preference")):
         keys = cols["prompt"]
     else:
         keys = content_of(cols, kind)
@@ -73,9 +73,10 @@ class Split(Stage):
             ``test_fraction``, the ratio in which held-out records are divided).
         test_fraction: Expected share in test.
         salt: Changes the (equally deterministic) assignment.
-        by: What is hashed: ``auto`` (the prompt for SFT records, so variants of one prompt
-            never straddle splits; the text otherwise), ``text``, ``prompt`` or ``id``; or
-            ``date``: the latest records are held out (see :mod:`fmlab.data.pipeline.timesplit`).
+        by: What is hashed: ``auto`` (the prompt for SFT and preference records, so variants
+            of one prompt never straddle splits; the text otherwise), ``text``, ``prompt`` or
+            ``id``; or ``date``: the latest records are held out (see
+            :mod:`fmlab.data.pipeline.timesplit`).
         period: ``by=date``: without ``heldout_after``, the latest ``month``/``quarter``/
             ``year`` of the data is held out.
         heldout_after: ``by=date``: records dated after this day (exclusive) are held out.

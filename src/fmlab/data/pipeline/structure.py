@@ -63,8 +63,8 @@ class Structure(Stage):
     """Map each source's fields onto fmlab's record schema and validate every record.
 
     Args:
-        kind: ``text`` (pre-training), ``sft`` (prompt/response) or ``classification``
-            (input/label).
+        kind: ``text`` (pre-training), ``sft`` (prompt/response), ``classification``
+            (input/label) or ``preference`` (prompt/chosen/rejected).
         max_bad_fraction: Largest share of bad rows a source may have before the run stops.
         examples: Bad rows per reason whose position is kept for the data card.
     """
@@ -74,7 +74,7 @@ class Structure(Stage):
 
     def __init__(
         self,
-        kind: Literal["text", "sft", "classification"] = "text",
+        kind: Literal["text", "sft", "classification", "preference"] = "text",
         max_bad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05,
         examples: Annotated[int, Field(ge=0)] = 5,
     ) -> None:

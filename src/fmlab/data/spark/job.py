@@ -54,6 +54,11 @@ _ORDER = ("structure", "clean", "filter", "dedup", "split", "decontaminate", "se
 def _check(structure: Structure, split: Split, segment: Any, tokenizer: Any) -> None:
     """The single-machine pipeline's checks of the stage combination."""
     kind = structure.kind
+    if kind == "preference":
+        raise PrepareError(
+            "structure.kind=preference runs on engine=local only (preference pairs are not "
+            "implemented on Spark)"
+        )
     if segment is not None and tokenizer is None:
         raise PrepareError("segment needs a tokenizer (the tokenizer config group)")
     fits = {"text": (Pack,), "sft": (SFT,), "classification": (Classify,)}[kind]
