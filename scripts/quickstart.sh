@@ -7,7 +7,8 @@
 #   bash scripts/quickstart.sh setup                  only set up (core; FMLAB_EXTRAS=dev for all)
 # Environment: PYTHON (interpreter, default python3), FMLAB_VENV (default .venv),
 # FMLAB_TORCH (torch requirement installed first when torch is missing, default torch==2.13.0),
-# FMLAB_EXTRAS (extras to install, e.g. "eval,sweeps"; default: none for train/setup, dev for test).
+# FMLAB_EXTRAS (extras to install, e.g. "eval,sweeps"; default: none for train/setup, dev for test),
+# FMLAB_TEST_WORKERS (pytest worker processes for test, default 2; 0: none).
 # docs/get-started/install.md lists the extras and what each one enables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,5 +63,14 @@ fi
 case "$cmd" in
   setup) echo "[fmlab] ready: source $VENV/bin/activate" ;;
   train) exec "$VENV/bin/fmlab-train" "$@" ;;
-  test) exec "$VPY" -m pytest "$@" ;;
+  test)
+    # Test files spread over worker processes (FMLAB_TEST_WORKERS, default 2; 0 runs them in this
+    # process), each test file in one worker (module fixtures built once). One torch thread per
+    # worker: on 2 cores, two workers of 2 threads each spin against each other.
+    workers=${FMLAB_TEST_WORKERS:-2}
+    if [ "$workers" -gt 0 ] 2>/dev/null; then
+      export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+      exec "$VPY" -m pytest -n "$workers" --dist loadfile "$@"
+    fi
+    exec "$VPY" -m pytest "$@" ;;
 esac
