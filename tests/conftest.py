@@ -37,6 +37,20 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_BASE, ignore_errors=True)
 
 
+# A verbose switch left by the developer's shell, or by an in-process call of another test file in
+# the same worker, would turn every "no traceback" assertion of the command-line tests into noise.
+_VERBOSE_ENV = ("FMLAB_VERBOSE", "HYDRA_FULL_ERROR")
+
+
+@pytest.fixture(autouse=True)
+def _no_verbose_switch():
+    for key in _VERBOSE_ENV:
+        os.environ.pop(key, None)
+    yield
+    for key in _VERBOSE_ENV:
+        os.environ.pop(key, None)
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     return Path(os.environ["FMLAB_CACHE_DIR"])

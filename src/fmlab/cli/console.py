@@ -60,6 +60,24 @@ class _DropAds(logging.Filter):
         return not _matches(record, DROPPED)
 
 
+class _Redact(logging.Filter):
+    """Credentials never reach the console or the log file: ``key=...`` overrides, secret
+    environment values and URL passwords in a record become ``<redacted>``
+    (:func:`fmlab.utils.secrets.redact_text`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from fmlab.utils.secrets import redact_text
+
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record is logging's to report
+            return True
+        clean = redact_text(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
 class _ConsoleFilter(logging.Filter):
     """Keeps the console to what a researcher acts on (``train.log`` has everything)."""
 
@@ -113,12 +131,14 @@ def setup_job_logging(verbose: bool = False) -> str | None:
         if isinstance(handler, logging.FileHandler):
             handler.setFormatter(logging.Formatter(_FILE_FORMAT))
             handler.addFilter(_DropAds())
+            handler.addFilter(_Redact())
             log_file = handler.baseFilename
         elif isinstance(handler, logging.StreamHandler) and not isinstance(handler, ConsoleHandler):
             console = ConsoleHandler(handler.stream)
             console.setLevel(handler.level)
             console.setFormatter(ConsoleFormatter())
             console.addFilter(_DropAds())
+            console.addFilter(_Redact())
             console.addFilter(_ConsoleFilter(verbose))
             root.handlers[i] = console
             handler.close()

@@ -20,7 +20,8 @@ def test_every_recipe_composes_validates_and_builds(recipe, tmp_path):
     cfg = compose_config("prepare", [*REQUIRED, f"prepare/recipe={recipe}"], output_dir=tmp_path)
     _validate(cfg)
     stages = {name: build(cfg.get(name), name) for name in STAGES}
-    kind = {"sft": "sft", "classification": "classification"}.get(recipe, "text")
+    kind = {"sft": "sft", "classification": "classification", "preference": "preference"}
+    kind = kind.get(recipe, "text")
     assert stages["structure"].kind == kind
     assert (stages["segment"] is None) == (recipe == "records")
 
@@ -40,7 +41,7 @@ def test_every_recipe_composes_validates_and_builds(recipe, tmp_path):
         ("output_format=csv", r"output_format: Input should be 'arrow', 'parquet' or 'stre"),
         ("write.chunk_bytes=big", r"write.chunk_bytes: String should match pattern"),
         ("sources=[{path: a, txt_field: x}]", r"sources.0.*txt_field"),
-        ("structure.kind=image", r"structure.kind: Input should be 'text', 'sft' or"),
+        ("structure.kind=image", r"structure.kind: Input should be 'text', 'sft', .*'preference'"),
     ],
 )
 def test_bad_values_fail_naming_the_key(override, message, tmp_path):

@@ -211,7 +211,6 @@ def _run(
             _done(run, report, key, stage, st)
         declared = {s.label: s.split for s in specs if s.split}  # sources with their own split
         df, st = split_records(run, df, split, st["out"], declared)
-        st["declared"] = declared
         _done(run, report, "split", split, st)
         if decontaminate is not None:
             df, st = decontaminate_records(run, df, decontaminate, bench, cache_dir, st["out"])

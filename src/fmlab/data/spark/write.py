@@ -135,6 +135,7 @@ def summaries(df: Any) -> dict[str, Any]:
     domains: dict[str, dict[str, dict[str, int]]] = {}
     for dom, split, n in df.groupBy("domain", SPLIT).count().collect():
         domains.setdefault(dom or "unspecified", {})[split] = {"documents": int(n)}
+    spans = df.groupBy(SPLIT).agg(F.min("date").alias("lo"), F.max("date").alias("hi")).collect()
     return {
         "dates": {
             "with_date": int(r["with"]),
@@ -142,6 +143,12 @@ def summaries(df: Any) -> dict[str, Any]:
             "min": r["lo"],
             "max": r["hi"],
             "cutoff": r["hi"],
+            # per split, as the single-machine engine's card (fmlab.data.pipeline.run)
+            "by_split": {
+                row[SPLIT]: {"min": row["lo"], "max": row["hi"]}
+                for row in spans
+                if row["hi"] is not None
+            },
         },
         "domains": domains,
     }
