@@ -23,7 +23,7 @@ from fmlab.data.loaders import eval_loader, rank_world, train_loader
 from fmlab.data.preference_encode import PairStats, collate_pairs, encode_pair
 from fmlab.data.preference_records import PreferenceSource, read_sources, task_pairs
 from fmlab.data.sft import IGNORE_INDEX, collate_sft
-from fmlab.data.splits import SPLITS
+from fmlab.data.splits import SPLITS, empty_split_cause
 
 __all__ = ["PreferenceDataModule"]
 
@@ -238,13 +238,12 @@ class PreferenceDataModule(L.LightningDataModule):
                     f"data.truncation={self.truncation}, data.max_length={self.max_length}; "
                     "raise data.max_length or use data.truncation=truncate"
                 )
-            elif self.sources and all(s.split is not None for s in self.sources):
-                cause = (
-                    f"every source declares its split and none declares '{split}'; add a source "
-                    f"with split: {split}, or leave one undeclared (hash split)"
+            else:  # no source feeds it (fmlab.data.splits), or the hash split gave it none
+                declared = {s.label: s.split for s in self.sources}
+                vf, tf, _ = self.split_args
+                cause = (self.sources and empty_split_cause(split, declared, vf, tf)) or (
+                    "no record landed in it; add data or raise data.val_fraction/test_fraction"
                 )
-            else:
-                cause = "no record landed in it; add data or raise data.val_fraction/test_fraction"
             raise ConfigError(f"data: the {split} split has no preference pair: {cause}")
         if len(self.pairs["train"]) < self.batch_size:
             raise ConfigError(
